@@ -1,0 +1,32 @@
+"""ferkit: facial expression recognition toolkit.
+
+Inference (``analyze``, ``EmotionClassifier``) runs on numpy, OpenCV and onnxruntime; it never imports
+torch. Training lives in ``ferkit.train`` and needs the ``train`` extra.
+"""
+from .errors import FerkitError
+from .labels import EMOTIONS, FERPLUS_EMOTIONS, LABEL_SETS
+from .preprocess import PreprocessSpec, prepare_faces
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EMOTIONS",
+    "FERPLUS_EMOTIONS",
+    "LABEL_SETS",
+    "FerkitError",
+    "PreprocessSpec",
+    "prepare_faces",
+    "__version__",
+]
+
+
+def __getattr__(name):  # lazy: keep `import ferkit` light
+    if name == "EmotionClassifier":
+        from .runtime import EmotionClassifier
+
+        return EmotionClassifier
+    if name in ("analyze", "FaceResult"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'ferkit' has no attribute {name!r}")

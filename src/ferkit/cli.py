@@ -1,0 +1,59 @@
+"""The ``ferkit`` command: a thin shell over library functions.
+
+Each command group lives in ``ferkit.commands.<name>`` and exposes ``register(subparsers)``; those modules
+import nothing heavy at import time (no torch), so ``ferkit predict`` stays light.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import FerkitError
+
+COMMAND_MODULES = [
+    "data",      # ferkit data stats|clean
+    "models",    # ferkit models
+    "train",     # ferkit train
+    "evaluate",  # ferkit evaluate
+    "export",    # ferkit export
+    "predict",   # ferkit predict
+    "live",      # ferkit live
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferkit", description="Facial expression recognition toolkit.")
+    parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"ferkit.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"ferkit.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except FerkitError as e:
+        print(f"ferkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ferkit: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

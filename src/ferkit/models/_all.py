@@ -1,0 +1,1 @@
+"""Import every architecture module so that each registers itself."""
