@@ -1,0 +1,169 @@
+"""Classification metrics in plain numpy (no torch): used by training, evaluation and benchmarks.
+
+Conventions: ``y_true`` and ``y_pred`` are integer class ids in ``0..C-1`` (1-D, same length);
+the confusion matrix has rows = true class, columns = predicted class. A class with no support
+(no true samples) or never predicted gets precision/recall/F1 of 0.0 where the ratio is undefined
+(scikit-learn's ``zero_division=0``), and macro averages run over all ``C`` classes.
+
+Stable API (other modules import these names):
+
+- :func:`softmax`, :func:`log_softmax` over the last axis (float64 internally, float32 out for softmax)
+- :func:`accuracy`, :func:`confusion_matrix`, :func:`normalize_rows`
+- :func:`precision_recall_f1` -> arrays (precision, recall, f1, support)
+- :func:`macro_f1`, :func:`cross_entropy`
+- :func:`classification_report` -> the dict that ``ferkit evaluate`` reports
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import FerkitError
+
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "accuracy",
+    "confusion_matrix",
+    "normalize_rows",
+    "precision_recall_f1",
+    "macro_f1",
+    "cross_entropy",
+    "classification_report",
+]
+
+
+def _ids(y, name: str) -> np.ndarray:
+    a = np.asarray(y)
+    if a.ndim != 1:
+        raise FerkitError(f"{name} must be a 1-D array of class ids, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0):
+            a = a.astype(np.int64)
+        else:
+            raise FerkitError(f"{name} must hold integer class ids, got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _ids(y_true, "y_true"), _ids(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise FerkitError(f"y_true and y_pred differ in length ({len(t)} vs {len(p)})")
+    return t, p
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis (float64)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis; float32 result whose rows sum to 1."""
+    return np.exp(log_softmax(logits)).astype(np.float32)
+
+
+def accuracy(y_true, y_pred) -> float:
+    """Share of samples whose predicted id equals the true id (0.0 for an empty input)."""
+    t, p = _pair(y_true, y_pred)
+    return float((t == p).mean()) if t.size else 0.0
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """Counts, int64 (C, C): ``cm[i, j]`` = number of samples of true class i predicted as j."""
+    t, p = _pair(y_true, y_pred)
+    if num_classes <= 0:
+        raise FerkitError(f"num_classes must be positive, got {num_classes}")
+    for a, name in ((t, "y_true"), (p, "y_pred")):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise FerkitError(f"{name} holds ids outside 0..{num_classes - 1} (min {a.min()}, max {a.max()})")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Row-normalised confusion matrix (each true class sums to 1; a class with no samples stays 0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    s = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, s, out=np.zeros_like(cm), where=s > 0)
+
+
+def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 (float64, C) and support (int64, C) from a count matrix."""
+    cm = np.asarray(cm)
+    tp = np.diag(cm).astype(np.float64)
+    pred_n = cm.sum(axis=0).astype(np.float64)
+    true_n = cm.sum(axis=1)
+    precision = np.divide(tp, pred_n, out=np.zeros_like(tp), where=pred_n > 0)
+    recall = np.divide(tp, true_n, out=np.zeros_like(tp), where=true_n > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return precision, recall, f1, true_n.astype(np.int64)
+
+
+def macro_f1(y_true, y_pred, num_classes: int) -> float:
+    """Unweighted mean of the per-class F1 over all ``num_classes`` classes."""
+    return float(precision_recall_f1(confusion_matrix(y_true, y_pred, num_classes))[2].mean())
+
+
+def cross_entropy(probs_or_logits: np.ndarray, y_true, *, from_logits: bool = False, eps: float = 1e-7) -> float:
+    """Mean cross-entropy (natural log, nats) of the true class.
+
+    ``from_logits=False``: rows are probabilities (clipped at ``eps`` before the log);
+    ``from_logits=True``: rows are logits (exact log-softmax).
+    """
+    t = _ids(y_true, "y_true")
+    x = np.asarray(probs_or_logits)
+    if x.ndim != 2 or x.shape[0] != t.shape[0]:
+        raise FerkitError(f"expected an (N, C) array for N={t.shape[0]} labels, got shape {x.shape}")
+    if t.size == 0:
+        return 0.0
+    if from_logits:
+        logp = log_softmax(x)[np.arange(t.size), t]
+    else:
+        logp = np.log(np.clip(x.astype(np.float64)[np.arange(t.size), t], eps, 1.0))
+    return float(-logp.mean())
+
+
+def classification_report(
+    y_true,
+    y_pred,
+    labels: Sequence[str],
+    *,
+    probs: np.ndarray | None = None,
+    logits: np.ndarray | None = None,
+) -> dict:
+    """Everything ``ferkit evaluate`` reports, as JSON-ready Python types.
+
+    Keys: ``n``, ``labels``, ``accuracy``, ``macro_f1``, ``loss`` (mean cross-entropy; None when neither
+    ``probs`` nor ``logits`` is given; from logits when both are), ``per_class``
+    ({label: {precision, recall, f1, support}}), ``confusion_matrix`` (counts, rows = true),
+    ``confusion_matrix_normalized`` (rows sum to 1), ``true_counts`` / ``pred_counts`` ({label: count}).
+    """
+    labels = [str(x) for x in labels]
+    c = len(labels)
+    t, p = _pair(y_true, y_pred)
+    cm = confusion_matrix(t, p, c)
+    prec, rec, f1, support = precision_recall_f1(cm)
+    if logits is not None:
+        loss = cross_entropy(logits, t, from_logits=True)
+    elif probs is not None:
+        loss = cross_entropy(probs, t)
+    else:
+        loss = None
+    return {
+        "n": int(t.size),
+        "labels": labels,
+        "accuracy": accuracy(t, p),
+        "macro_f1": float(f1.mean()),
+        "loss": loss,
+        "per_class": {
+            lab: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, lab in enumerate(labels)
+        },
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": normalize_rows(cm).round(6).tolist(),
+        "true_counts": {lab: int(n) for lab, n in zip(labels, cm.sum(axis=1))},
+        "pred_counts": {lab: int(n) for lab, n in zip(labels, cm.sum(axis=0))},
+    }
