@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "export",    # ferkit export
     "predict",   # ferkit predict
     "live",      # ferkit live
+    "serve",     # ferkit serve
 ]
 
 

@@ -1,24 +1,38 @@
 """Train / validation / test splits of a labelled face data set.
 
-Default: FER2013's ``Usage`` column (Training / PublicTest for validation and model selection /
-PrivateTest for the final test). Alternative: a stratified random 80/10/10 split with a seed.
+Sources: the FER2013 CSV (optionally relabelled by FER+) or an image-folder tree (see ``folders``).
+
+Split methods:
+
+* ``usage`` (default): FER2013's ``Usage`` column (Training = train, PublicTest = val for validation and
+  model selection, PrivateTest = test). For image folders: the train/val/test folders; a missing val
+  (and test) folder is carved from train, stratified by class, with ``seed`` (10% each); a flat folder
+  (``<root>/<class>/*``) has no splits, so it gets the random 80/10/10 split below.
+* ``random``: all rows pooled, a stratified random 80/10/10 split with ``seed``.
+
+Order of work in :func:`prepare_splits`: read -> labels (label set or FER+) -> split -> clean -> limit.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import FerkitError
-from ..labels import get_label_set
-from .fer2013 import USAGES, load_fer2013
+from ..labels import FERPLUS_EMOTIONS, get_label_set
+from .fer2013 import USAGES, Fer2013, load_fer2013
+
+SPLIT_ROLES: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass
 class Subset:
-    """images: uint8 (N, 48, 48); labels: int64 class ids (N,); rows: source row ids (N,);
-    soft: optional float32 (N, C) target distributions (e.g. FER+ votes)."""
+    """images: uint8 (N, 48, 48); labels: int64 class ids (N,); rows: source row ids (N,) (CSV data-row
+    numbers, or indices into ``FolderData.paths`` for image folders);
+    soft: optional float32 (N, C) target distributions (FER+: the vote distribution in soft mode, the one-hot
+    majority label in majority mode)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -49,6 +63,15 @@ class Splits:
             raise FerkitError(f"unknown split {name!r}; use Training, PublicTest or PrivateTest (or train/val/test)")
         return getattr(self, key)
 
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """{split role: {class name: count}}."""
+        return {role: _class_counts(getattr(self, role).labels, self.labels) for role in SPLIT_ROLES}
+
+
+def _class_counts(labels: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(names)) if len(labels) else np.zeros(len(names), int)
+    return {n: int(c) for n, c in zip(names, counts)}
+
 
 def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> list[np.ndarray]:
     """Indices for a stratified random split; each class is divided in ``fractions``."""
@@ -62,40 +85,145 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
         for k, hi in enumerate(cuts):
             parts[k].append(idx[lo:hi])
             lo = hi
-    return [np.sort(np.concatenate(p)) for p in parts]
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
+
+
+def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    from .ferplus import FERPLUS_MODES, align_ferplus, ferplus_targets, load_ferplus, reason_counts
+
+    if mode not in FERPLUS_MODES:
+        raise FerkitError(f"unknown FER+ mode {mode!r}; use 'majority' or 'soft'")
+    fp = load_ferplus(ferplus)
+    n_csv_rows = int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
+    align_ferplus(fp, ds.rows, ds.usage, n_csv_rows, ds.path)
+    labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows])
+    if mode == "majority":
+        onehot = np.zeros_like(soft)
+        kept = labels >= 0
+        onehot[np.flatnonzero(kept), labels[kept]] = 1.0
+        soft = onehot
+    info = {"path": str(ferplus), "sha256": fp.sha256, "mode": mode,
+            "rule": "plurality over classes+unknown+NF; ties, unknown, NF, excluded classes and FER+-dropped images removed",
+            "reasons": reason_counts(reason)}
+    return labels, soft, info
+
+
+def _folder_labels(fd, label_set: str) -> np.ndarray:
+    from .folders import FOLDER_CLASSES
+
+    if label_set == "ferplus8":
+        table = np.array([FERPLUS_EMOTIONS.index(c) for c in FOLDER_CLASSES], np.int64)
+        return table[fd.labels]
+    ls = get_label_set(label_set)
+    table = np.array(list(ls.from_fer7) + [-1], np.int64)  # contempt (id 7) is not in the FER2013 sets
+    return table[fd.labels]
 
 
 def prepare_splits(
-    data: str,
+    data: str | os.PathLike | Fer2013,
     *,
     label_set: str = "fer7",
     split: str = "usage",
     seed: int = 0,
     skip_bad: bool = False,
     limit: int | None = None,
+    ferplus: str | os.PathLike | None = None,
+    ferplus_mode: str = "majority",
+    clean: str | Iterable[str] | None = None,
+    class_map: dict[str, str] | None = None,
 ) -> Splits:
-    """Load a FER2013 CSV and return its splits in the chosen label set.
+    """Load a data set and return its train/val/test splits in the chosen label set.
 
-    split: ``usage`` (the CSV's Usage column) or ``random`` (stratified 80/10/10 with ``seed``).
+    data: a FER2013 CSV (plain or .gz), an image-folder root (see :mod:`ferkit.data.folders`), or a
+      loaded :class:`Fer2013`.
+    label_set: ``fer7`` | ``fer6`` | ``fer5`` | ``ferplus8`` (``ferplus8`` needs ``ferplus`` or folders).
+    split: ``usage`` (Usage column / split folders) or ``random`` (stratified 80/10/10 with ``seed``).
+    skip_bad: skip (and count) malformed CSV rows / unreadable images instead of failing.
     limit: keep only the first ``limit`` rows of each split (quick experiments).
+    ferplus: path of FER+'s ``fer2013new.csv``; labels then come from the FER+ votes (joined on row position)
+      and ``Subset.soft`` is filled: ``ferplus_mode='soft'`` gives (N, C) vote distributions, ``'majority'``
+      the one-hot majority label. Both modes keep the same images (see :mod:`ferkit.data.ferplus`).
+    clean: cleaning rules, e.g. ``['blank', 'histogram', 'duplicates']`` (see :mod:`ferkit.data.clean`);
+      the report lands in ``info['cleaning']``.
+    class_map: extra folder-name -> class-name mappings for image folders.
     """
     ls = get_label_set(label_set)
-    ds = load_fer2013(data, skip_bad=skip_bad)
-    y = ls.map_fer7(ds.labels)
-    keep = y >= 0
-    if split == "usage":
-        idx = [np.flatnonzero((ds.usage == k) & keep) for k in range(len(USAGES))]
-    elif split == "random":
-        kept = np.flatnonzero(keep)
-        idx = [kept[i] for i in stratified_split(y[kept], seed=seed)]
-    else:
+    if split not in ("usage", "random"):
         raise FerkitError(f"unknown split method {split!r}; use 'usage' or 'random'")
+    if limit is not None and limit < 0:
+        raise FerkitError(f"limit must be positive, got {limit}")
+    soft = None
+    names = None
+    info: dict[str, Any] = {"data": str(data.path if isinstance(data, Fer2013) else data)}
+    split_used = split
+    if not isinstance(data, Fer2013) and not os.path.exists(data):
+        raise FerkitError(f"no such file or folder: {data}; pass a FER2013 CSV (.csv or .csv.gz) or an image folder")
+    if isinstance(data, Fer2013) or not os.path.isdir(data):
+        ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
+        if ferplus is not None:
+            y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode)
+        elif ls.from_fer7 is None:
+            raise FerkitError(f"label set {ls.name!r} needs FER+ votes: pass ferplus=PATH (--ferplus) to fer2013new.csv")
+        else:
+            y = ls.map_fer7(ds.labels)
+        images, rows = ds.images, ds.rows
+        keep = y >= 0
+        if split == "usage":
+            idx = [np.flatnonzero((ds.usage == k) & keep) for k in range(len(USAGES))]
+        else:
+            kept = np.flatnonzero(keep)
+            idx = [kept[i] for i in stratified_split(y[kept], seed=seed)]
+        info.update({"data_kind": "fer2013-csv", "data_sha256": ds.sha256, "skipped_rows": len(ds.skipped),
+                     "skipped": [f"row {r}: {why}" for r, why in ds.skipped[:20]]})
+    else:
+        if ferplus is not None:
+            raise FerkitError("FER+ labels line up with fer2013.csv rows; --ferplus needs the FER2013 CSV, not an image folder")
+        from .folders import load_image_folder
+
+        fd = load_image_folder(data, skip_bad=skip_bad, class_map=class_map)
+        y = _folder_labels(fd, ls.name)
+        images, rows, names = fd.images, np.arange(len(fd), dtype=np.int64), fd.paths
+        keep = y >= 0
+        if split == "usage" and fd.layout == "splits":
+            idx = [np.flatnonzero((fd.split == k) & keep) for k in range(3)]
+            missing = [k for k in (1, 2) if len(np.flatnonzero(fd.split == k)) == 0]
+            if missing:
+                fractions = (0.9, 0.1) if missing == [1] else (0.8, 0.1, 0.1)
+                parts = stratified_split(y[idx[0]], fractions=fractions, seed=seed)
+                pool = idx[0]
+                idx[0] = pool[parts[0]]
+                for k, part in zip(missing, parts[1:]):
+                    idx[k] = pool[part]
+                split_used = f"folders (carved {' and '.join(SPLIT_ROLES[k] for k in missing)} from train, seed {seed})"
+            else:
+                split_used = "folders"
+        else:
+            if fd.layout == "flat" and split == "usage":
+                split_used = "random (flat folder has no split folders)"
+            else:
+                split_used = "random"
+            kept = np.flatnonzero(keep)
+            idx = [kept[i] for i in stratified_split(y[kept], seed=seed)]
+        info.update({"data_kind": "image-folder", "data_sha256": fd.fingerprint, "layout": fd.layout,
+                     "class_folders": fd.class_folders, "skipped_rows": len(fd.bad),
+                     "skipped": [f"{p}: {why}" for p, why in fd.bad[:20]], "ignored_files": len(fd.ignored)})
+    if clean:
+        from .clean import clean_arrays
+
+        all_idx = np.concatenate(idx)
+        split_of = np.concatenate([np.full(len(i), k, np.int8) for k, i in enumerate(idx)])
+        alive, info["cleaning"] = clean_arrays(
+            images[all_idx], y[all_idx], split_of, rows[all_idx], clean, class_names=ls.labels,
+            names=None if names is None else [names[i] for i in all_idx],
+        )
+        idx = [all_idx[(split_of == k) & alive] for k in range(len(idx))]
     if limit:
         idx = [i[:limit] for i in idx]
-    subsets = [Subset(ds.images[i], y[i], ds.rows[i]) for i in idx]
-    info = {
-        "data": str(data), "data_sha256": ds.sha256, "label_set": ls.name, "split": split, "seed": seed,
-        "skipped_rows": len(ds.skipped), "dropped_by_label_set": int((~keep).sum()),
-        "sizes": {n: len(s) for n, s in zip(("train", "val", "test"), subsets)},
-    }
+    subsets = [Subset(images[i], y[i], rows[i], None if soft is None else soft[i]) for i in idx]
+    info.update({
+        "label_set": ls.name, "split": split, "split_used": split_used, "seed": seed, "limit": limit,
+        "dropped_by_label_set": int((~keep).sum()),
+        "sizes": {n: len(s) for n, s in zip(SPLIT_ROLES, subsets)},
+        "class_counts": {n: _class_counts(s.labels, ls.labels) for n, s in zip(SPLIT_ROLES, subsets)},
+    })
     return Splits(*subsets, labels=ls.labels, label_set=ls.name, info=info)

@@ -1,0 +1,53 @@
+"""``ferkit evaluate RUN_OR_ONNX --data CSV --split PrivateTest [--json] [--tta [MODE]] [--out DIR]``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="accuracy, macro-F1, per-class table and confusion matrix of a run, checkpoint or .onnx",
+        description="Evaluate a training run / checkpoint (torch) or an exported .onnx (onnxruntime) on one split. "
+                    "The label set (and, by default, the split method) comes from the model.",
+    )
+    p.add_argument("model", help="run directory, checkpoint .pt, exported .onnx, or a bundled model name (default)")
+    p.add_argument("--data", required=True, help="FER2013 CSV (plain or .gz)")
+    p.add_argument("--split", default="PrivateTest",
+                   help="Training, PublicTest (validation) or PrivateTest (final test; default)")
+    p.add_argument("--split-method", choices=("usage", "random"), default=None,
+                   help="how to split the CSV (default: what the model was trained with, else the Usage column)")
+    p.add_argument("--seed", type=int, default=None, help="seed of a random split (default: the model's)")
+    tta = p.add_mutually_exclusive_group()
+    tta.add_argument("--tta", nargs="?", const="tencrop", default=None, choices=("none", "flip", "tencrop"),
+                     help="test-time augmentation (bare --tta = tencrop; default: the model's own setting)")
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="no test-time augmentation")
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object to stdout and nothing else")
+    p.add_argument("--out", default=None, help="also write metrics.json, confusion_matrix.png and class_counts.png here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+    import sys
+
+    from ..evaluate import evaluate, format_report, save_report
+
+    # In --json mode stdout carries exactly one JSON object: anything a library prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = evaluate(
+            args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, threads=args.threads,
+            split_method=args.split_method, seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
+        )
+        written = save_report(result, args.out) if args.out else []
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        print(format_report(result))
+        for path in written:
+            print(f"wrote {path}")
+    return 0

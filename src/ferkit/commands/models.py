@@ -1,0 +1,124 @@
+"""``ferkit models``: list the registered architectures with their size, cost and source recipe."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the architectures (--arch NAME) with parameters, MACs and their source recipe",
+        description="List every registered architecture: parameters and multiply-accumulates per 48x48 face "
+                    "(for its default label set), the default label set, the recipe of the source it comes "
+                    "from and the accuracy that source reported. See docs/architectures.md.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON array (all recipe fields included)")
+    p.set_defaults(func=run)
+
+
+def count_macs(model, size: int = 48) -> int:
+    """Multiply-accumulates per face of every Conv2d and Linear layer, for one (1, 1, size, size) input.
+
+    Counted with forward hooks, so it follows the real layer shapes (padding, strides, pooling).
+    """
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def hook(m, inputs, out):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 1, size, size))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def recipe_summary(info: dict) -> str:
+    """One short line from a model's registered recipe, e.g. 'sgd lr 0.01 nesterov wd 1e-4, batch 64, 300 ep, plateau'."""
+    parts = []
+    opt = info.get("optimizer")
+    if opt:
+        s = f"{opt} lr {info['lr']:g}" if info.get("lr") is not None else str(opt)
+        if info.get("nesterov"):
+            s += " nesterov"
+        elif info.get("momentum"):
+            s += f" mom {info['momentum']:g}"
+        if info.get("weight_decay"):
+            s += f" wd {info['weight_decay']:g}"
+        parts.append(s)
+    if info.get("batch_size"):
+        parts.append(f"batch {info['batch_size']}")
+    if info.get("epochs"):
+        parts.append(f"{info['epochs']} ep")
+    if info.get("schedule"):
+        parts.append(str(info["schedule"]))
+    if info.get("label_smoothing"):
+        parts.append(f"ls {info['label_smoothing']:g}")
+    if info.get("clean"):
+        parts.append("cleaned: " + ", ".join(sorted(info["clean"])))
+    if info.get("split") and info["split"] != "usage":
+        parts.append(f"{info['split']} split")
+    return ", ".join(parts) or "-"
+
+
+def describe_models() -> list[dict]:
+    """Every registered architecture as a dict: name, params, macs, label_set, num_classes, recipe + info."""
+    import torch
+
+    from ..labels import get_label_set
+    from ..models import count_parameters, create_model, list_models, model_info
+
+    rows = []
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for name in list_models():
+            info = model_info(name)
+            label_set = info.get("label_set") or "fer7"
+            num_classes = get_label_set(label_set).num_classes
+            model = create_model(name, num_classes=num_classes)
+            rows.append({
+                "name": name,
+                "params": count_parameters(model),
+                "macs": count_macs(model),
+                "label_set": label_set,
+                "num_classes": num_classes,
+                "recipe": recipe_summary(info),
+                **{k: v for k, v in info.items() if k not in ("label_set",)},
+            })
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    head = ["name", "params", "MACs/face", "labels", "source recipe", "reported accuracy"]
+    body = [[r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", r["label_set"], r["recipe"],
+             str(r.get("reported_accuracy") or "-")] for r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i != 1 and i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+             for x in [head] + body]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    rows = describe_models()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+    else:
+        print(_table(rows))
+        print("(parameters and MACs for the default label set; MACs per 48x48 face; recipes: docs/architectures.md)")
+    return 0

@@ -1,0 +1,171 @@
+"""``ferkit train``: a thin shell over :func:`ferkit.train.train` (torch is imported inside the handler).
+
+Every option defaults to "not given", so the architecture's literature recipe and ``--recipe`` supply
+what the command line leaves out. Data-parallel: ``torchrun --nproc_per_node 2 -m ferkit.cli train ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import FerkitError
+
+
+def _key_values(text: str) -> dict:
+    """``a=1,b=[2,3],c=relu`` -> {"a": 1, "b": [2, 3], "c": "relu"} (values parsed as JSON when they can be)."""
+    out = {}
+    for part in _split_top_level(text):
+        if "=" not in part:
+            raise FerkitError(f"expected KEY=VALUE, got {part!r}")
+        key, value = part.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _split_top_level(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _sample_cap(text: str):
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise FerkitError(f"--sample-cap takes a count or CLASS=COUNT[,CLASS=COUNT], got {text!r}") from None
+    caps = _key_values(text)
+    if not all(isinstance(v, int) for v in caps.values()):
+        raise FerkitError(f"--sample-cap counts must be whole numbers, got {text!r}")
+    return caps
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a network on FER2013 (or an image folder); writes a run directory",
+        description="Train a network. Settings come from ferkit's defaults, then the architecture's literature "
+        "recipe, then --recipe, then the options given here. Validation (model selection) is PublicTest; "
+        "PrivateTest is never used. Example: ferkit train --data fer2013.csv.gz --arch vgg --epochs 60 --out runs/vgg",
+    )
+    B = argparse.BooleanOptionalAction
+    g = p.add_argument_group("run")
+    g.add_argument("--data", help="fer2013.csv / .csv.gz, or an image-folder root (<root>/<class>/*.png)")
+    g.add_argument("--out", help="run directory (last.pt, best.pt, metrics.json/csv, curves.png, config.json)")
+    g.add_argument("--arch", help="architecture name (`ferkit models` lists them)")
+    g.add_argument("--recipe", help="named recipe from ferkit.recipes, e.g. cpu-fast (see --list-recipes)")
+    g.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out from its last.pt, exactly where it stopped")
+    g.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from a checkpoint or run directory "
+                   "(the classifier head is replaced when the classes differ)")
+    g.add_argument("--overwrite", action="store_true", default=None, help="replace an existing run in --out")
+    g.add_argument("--seed", type=int, help="seed of everything random (recorded in config.json); default 0")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--label-set", choices=["fer7", "fer6", "fer5", "ferplus8"])
+    g.add_argument("--split", choices=["usage", "random"], help="Usage column, or stratified random 80/10/10")
+    g.add_argument("--split-seed", type=int, help="seed of the random split (default 0)")
+    g.add_argument("--limit", type=int, metavar="N", help="use only the first N rows of each split (quick runs)")
+    g.add_argument("--skip-bad", action="store_true", default=None, help="skip malformed CSV rows instead of failing")
+    g.add_argument("--ferplus", metavar="PATH", help="FER+ labels (fer2013new.csv)")
+    g.add_argument("--ferplus-mode", choices=["majority", "soft"], help="FER+ majority vote or soft vote targets")
+    g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
+    g.add_argument("--preprocess", metavar="KEY=VALUE[,...]", help="PreprocessSpec fields, e.g. equalize=true")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--model-opt", metavar="KEY=VALUE[,...]", help="architecture options, e.g. dropout=0.3")
+    g.add_argument("--batch-size", type=int, help="global batch (split across torchrun processes)")
+    g.add_argument("--eval-batch-size", type=int)
+    g.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    g.add_argument("--lr", type=float, help="(peak) learning rate")
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--nesterov", action=B, help="Nesterov momentum (SGD)")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--schedule", choices=["constant", "plateau", "cosine", "onecycle"])
+    g.add_argument("--schedule-opt", metavar="KEY=VALUE[,...]", help="e.g. factor=0.75,patience=5 (plateau)")
+    g.add_argument("--warmup-epochs", type=float)
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    g.add_argument("--class-weights", choices=["none", "balanced", "sqrt"], help="class-weighted loss")
+    g.add_argument("--sampling", choices=["none", "over", "under"], help="re-balance classes each epoch")
+    g.add_argument("--sample-cap", metavar="N|CLASS=N[,...]", help="per-class count for --sampling")
+
+    g = p.add_argument_group("augmentation (a preset, then single options on top)")
+    g.add_argument("--augment", choices=["none", "light", "standard", "heavy"])
+    g.add_argument("--flip", action=B, help="random horizontal flip")
+    g.add_argument("--crop", type=int, metavar="PX", help="pad by PX and crop at random")
+    g.add_argument("--shift", type=float, metavar="FRAC", help="max translation, fraction of the side")
+    g.add_argument("--scale", type=float, metavar="FRAC", help="zoom in [1-FRAC, 1+FRAC]")
+    g.add_argument("--rotate", type=float, metavar="DEG", help="max rotation in degrees")
+    g.add_argument("--erase", type=float, metavar="P", help="random-erasing probability")
+    g.add_argument("--mixup", type=float, metavar="ALPHA")
+    g.add_argument("--cutmix", type=float, metavar="ALPHA")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: bf16 autocast on a CPU that supports it, bf16/fp16 AMP on CUDA")
+    g.add_argument("--channels-last", action=B)
+    g.add_argument("--threads", type=int, help="torch threads per process (default: cores / local processes)")
+    g.add_argument("--compile", action=B, help="torch.compile the network")
+    g.add_argument("--progress", action=B, help="tqdm progress bar per epoch")
+    p.set_defaults(func=handle)
+
+
+_AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix")
+_PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
+          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "batch_size", "eval_batch_size", "optimizer",
+          "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
+          "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
+
+
+def config_from_args(args):
+    """The TrainConfig the command line asks for (only the options that were given)."""
+    from ..train import TrainConfig
+
+    values = {k: getattr(args, k) for k in _PLAIN if getattr(args, k) is not None}
+    if args.clean:
+        values["clean"] = [r.strip() for r in args.clean.split(",") if r.strip()]
+    if args.preprocess:
+        values["preprocess"] = _key_values(args.preprocess)
+    if args.model_opt:
+        values["arch_kwargs"] = _key_values(args.model_opt)
+    if args.schedule_opt:
+        values["schedule_params"] = _key_values(args.schedule_opt)
+    if args.sample_cap:
+        values["sample_cap"] = _sample_cap(args.sample_cap)
+    aug = {k: getattr(args, k) for k in _AUG_FLAGS if getattr(args, k) is not None}
+    if args.augment:
+        aug["preset"] = args.augment
+    if aug:
+        values["augment"] = aug
+    return TrainConfig(**values)
+
+
+def handle(args) -> int:
+    if args.list_recipes:
+        from ..recipes import RECIPES
+
+        for r in RECIPES.values():
+            print(f"{r.name}: {r.description}")
+            print("    " + ", ".join(f"{k}={v}" for k, v in r.settings.items()))
+        return 0
+    from ..train import train
+
+    run_dir = train(config_from_args(args))
+    print(f"run directory: {run_dir}")
+    return 0

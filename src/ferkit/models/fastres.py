@@ -1,0 +1,132 @@
+"""Efficient residual networks for 48x48 faces, designed for a small CPU (see docs/architectures.md).
+
+``FastRes`` is a ResNet with basic blocks (two 3x3 convs + BN, identity or 1x1-conv shortcut): a stem conv
+at full 48x48 resolution, then stages that each halve the resolution with a stride-2 first block, global
+average pooling, dropout and one linear layer. Every conv is dense (no depthwise convs) and followed by BN,
+which the ONNX export folds into the conv weights, so inference is conv + add + ReLU only.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import register_model
+
+
+class BasicBlock(nn.Module):
+    """conv3x3(stride) + BN + ReLU, conv3x3 + BN, plus shortcut, ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class FastRes(nn.Module):
+    """Stem (3x3 conv, ``stem`` channels, stride ``stem_stride``) then one stage per (width, blocks).
+
+    The first block of every stage but the first (when ``stem_stride`` == 1... see ``first_stride``)
+    downsamples by 2. Head: global average pooling -> dropout -> linear.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 7,
+        stem: int = 32,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        blocks: Sequence[int] = (1, 1, 1, 1),
+        first_stride: int = 2,
+        stem_stride: int = 1,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, stem, 3, stride=stem_stride, padding=1, bias=False),
+            nn.BatchNorm2d(stem),
+            nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        cin = stem
+        for i, (w, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                stride = (first_stride if i == 0 else 2) if j == 0 else 1
+                layers.append(BasicBlock(cin, w, stride))
+                cin = w
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)  # each block starts as identity: stable early training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+_FAST_RECIPE = dict(
+    family="efficient",
+    label_set="fer7",
+    optimizer="sgd",
+    lr=0.05,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    batch_size=64,
+    epochs=60,
+    schedule="cosine",
+    schedule_params=None,
+    clean=None,
+    split="usage",
+    augment="heavy",
+    tta=None,
+    label_smoothing=0.1,
+    source="ferkit (designed for a 2-core CPU, see docs/architectures.md)",
+    reported_accuracy="see docs/architectures.md (pilot) and the model cards",
+)
+
+
+@register_model(
+    "fastres_s",
+    **_FAST_RECIPE,
+    description="ResNet, stem 32 @48px, stages 32/64/128/256 @24/12/6/3px, 1 block each, GAP; ~37M MACs",
+)
+def fastres_s(num_classes: int = 7, **kwargs) -> FastRes:
+    return FastRes(num_classes, stem=32, widths=(32, 64, 128, 256), blocks=(1, 1, 1, 1), **kwargs)
+
+
+@register_model(
+    "fastres_m",
+    **_FAST_RECIPE,
+    description="ResNet, stem 32 @48px, stages 32/64/128/256 @24/12/6/3px, 2 blocks each, GAP; ~79M MACs",
+)
+def fastres_m(num_classes: int = 7, **kwargs) -> FastRes:
+    return FastRes(num_classes, stem=32, widths=(32, 64, 128, 256), blocks=(2, 2, 2, 2), **kwargs)
+
+
+@register_model(
+    "fastres_w",
+    **_FAST_RECIPE,
+    description="ResNet, stem 32 @48px, stages 48/96/192/384 @24/12/6/3px, 1 block each, GAP; ~77M MACs",
+)
+def fastres_w(num_classes: int = 7, **kwargs) -> FastRes:
+    return FastRes(num_classes, stem=32, widths=(48, 96, 192, 384), blocks=(1, 1, 1, 1), **kwargs)

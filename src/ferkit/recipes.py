@@ -1,0 +1,80 @@
+"""Named training recipes for ``ferkit train --recipe NAME`` (plain data, no torch).
+
+A recipe is a set of :class:`ferkit.train.TrainConfig` field values. How a run's settings are decided,
+from weakest to strongest: ferkit's defaults < the architecture's literature recipe (its registry
+info) < the named recipe < options given explicitly (CLI flags or ``TrainConfig`` fields). A recipe may
+name the architecture; ``--arch`` still wins.
+
+The numbers here are starting points chosen by reasoning, not yet tuned; the model cards and the README
+say which recipe produced which figure, with the command that reproduces it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FerkitError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "cpu-fast": Recipe(
+        "cpu-fast",
+        "the efficient network on a 2-core CPU, aiming at >= 70% PrivateTest within 2 hours: SGD with "
+        "Nesterov momentum, one-cycle schedule, label smoothing 0.1, flip + shift/scale + rotation + erasing, "
+        "bf16 autocast and channels-last",
+        {
+            "arch": "fastres_s",
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "batch_size": 128,
+            "epochs": 30,
+            "schedule": "onecycle",
+            "warmup_epochs": 3,
+            "label_smoothing": 0.1,
+            "augment": {"preset": "standard", "flip": True, "shift": 0.1, "scale": 0.1, "rotate": 10.0, "erase": 0.25},
+            "class_weights": "none",
+            "sampling": "none",
+            "precision": "auto",
+            "channels_last": True,
+        },
+    ),
+    "gpu-strong": Recipe(
+        "gpu-strong",
+        "a long, heavily augmented run for a GPU (release-model starting point): SGD Nesterov, cosine with "
+        "warmup, label smoothing 0.1, heavy augmentation with mixup/CutMix",
+        {
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "batch_size": 128,
+            "epochs": 150,
+            "schedule": "cosine",
+            "warmup_epochs": 5,
+            "label_smoothing": 0.1,
+            "augment": {"preset": "heavy", "cutmix": 1.0},
+        },
+    ),
+}
+
+
+def list_recipes() -> list[str]:
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise FerkitError(f"unknown recipe {name!r}; choose one of {', '.join(list_recipes())}") from None

@@ -1,0 +1,896 @@
+"""The training loop: one file, no framework; a reader sees every step of an epoch (needs torch).
+
+``ferkit train`` is a thin shell over :func:`train`, which takes a :class:`TrainConfig` and returns the
+run directory. What one run does, in order:
+
+1. Settle the configuration (:func:`resolve_config`): ferkit's defaults < the architecture's literature
+   recipe (its registry info) < a named recipe (``ferkit.recipes``) < what the caller set explicitly.
+   Or, with ``resume``, take the run's saved configuration from ``last.pt``.
+2. Start data parallelism if launched by ``torchrun`` (gloo on CPU, nccl on GPU); pick the device,
+   precision (bf16 autocast on CPU, AMP on CUDA) and thread count.
+3. Load the splits (``ferkit.data.prepare_splits``: train / val = PublicTest / test = PrivateTest, never
+   used here) and convert train and val ONCE with ``ferkit.preprocess.prepare_faces``, the one
+   preprocessing path; augmentation then works on those float tensors.
+4. Build the network, optimiser, LR schedule and loss; restore them from ``last.pt`` (resume) or copy
+   weights from another checkpoint (``init``, fine-tuning; a classifier head of the wrong size is replaced).
+5. For each epoch: draw the epoch's shuffled (optionally re-balanced) index list from ``(seed, epoch)``,
+   take this process's shard, and for each batch: set the LR, gather images, augment, mixup/CutMix,
+   forward under autocast, loss, backward, optimiser step. Then evaluate on the validation split, step
+   the plateau schedule, and (process 0 only) write ``best.pt`` when validation accuracy improved,
+   ``last.pt`` atomically, ``metrics.json``/``metrics.csv`` and ``curves.png``.
+
+The run directory follows the contract in ``ferkit.checkpoint``. Everything random is seeded from
+``seed``: model init and dropout (torch's global generator), augmentation (its own generator) and the
+epoch order (numpy, a pure function of seed and epoch). All generator states go into ``last.pt``, so a
+killed run resumed with ``resume=True`` continues exactly where it stopped: on the CPU its weights and
+history equal those of an uninterrupted run bit for bit.
+
+Test hook: with the environment variable ``FERKIT_TEST_KILL_AFTER_EPOCH=k`` the process kills itself
+(SIGKILL) right after writing the files of epoch ``k``, which simulates a crash at a known point.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AUGMENT_PRESETS, Augmenter, AugmentConfig, mix_batch
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.balance import SAMPLING_MODES, WEIGHT_MODES, class_weights, epoch_indices, shard
+from .errors import FerkitError
+from .preprocess import PreprocessSpec, prepare_faces
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FERPLUS_MODES = ("majority", "soft")
+RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.json", "metrics.csv", "curves.png")
+KILL_HOOK_ENV = "FERKIT_TEST_KILL_AFTER_EPOCH"
+
+
+# --------------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means "not chosen": the value then comes from
+    the recipe, the architecture's literature recipe or ferkit's defaults (see :func:`resolve_config`).
+
+    Data: ``data`` (FER2013 CSV/.csv.gz or image-folder root), ``label_set`` (fer7, fer6, fer5,
+    ferplus8), ``split`` ('usage': Training/PublicTest/PrivateTest; 'random': stratified 80/10/10 drawn
+    with ``split_seed``), ``limit`` (first N rows per split), ``skip_bad``, ``ferplus`` (path of
+    fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' targets), ``clean`` (rule names),
+    ``preprocess`` (``PreprocessSpec`` fields).
+    Optimisation: ``epochs``, ``batch_size`` (global: split across data-parallel processes),
+    ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
+    (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
+    ``schedule_params`` (plateau: factor, patience, mode max|min, min_lr; cosine: min_lr; onecycle:
+    div_factor, final_div_factor, pct_start), ``warmup_epochs`` (linear warm-up, may be fractional),
+    ``label_smoothing``, ``grad_clip`` (max gradient norm, 0 = off), ``class_weights`` (none, balanced,
+    sqrt), ``sampling`` (none, over, under) with ``sample_cap`` (a count, or {class name: count}),
+    ``augment`` (a preset name from ``ferkit.augment.AUGMENT_PRESETS`` or a dict of ``AugmentConfig``
+    fields, optionally with ``"preset"``).
+    Runtime: ``precision`` (auto = bf16 autocast on a CPU that supports it, bf16/fp16 AMP on CUDA),
+    ``channels_last``, ``device`` (auto, cpu, cuda, cuda:N), ``threads`` (per process; default: the
+    usable cores divided among local processes), ``compile`` (torch.compile), ``progress`` (tqdm bar).
+    Run: ``out`` (run directory), ``resume`` (continue ``out/last.pt``), ``init`` (checkpoint or run
+    directory to fine-tune from), ``overwrite`` (replace an existing run in ``out``).
+    """
+
+    data: str | None = None
+    out: str | None = None
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    recipe: str | None = None
+    label_set: str | None = None
+    split: str | None = None
+    split_seed: int | None = None
+    seed: int | None = None
+    limit: int | None = None
+    skip_bad: bool | None = None
+    ferplus: str | None = None
+    ferplus_mode: str | None = None
+    clean: list[str] | None = None
+    preprocess: dict[str, Any] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    schedule_params: dict[str, Any] | None = None
+    warmup_epochs: float | None = None
+    label_smoothing: float | None = None
+    grad_clip: float | None = None
+    class_weights: str | None = None
+    sampling: str | None = None
+    sample_cap: int | dict[str, int] | None = None
+    augment: str | dict[str, Any] | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    device: str | None = None
+    threads: int | None = None
+    compile: bool | None = None
+    progress: bool | None = None
+    resume: bool | None = None
+    init: str | None = None
+    overwrite: bool | None = None
+
+
+DEFAULTS: dict[str, Any] = {
+    "arch_kwargs": {}, "label_set": "fer7", "split": "usage", "split_seed": 0, "seed": 0, "skip_bad": False,
+    "preprocess": {}, "epochs": 30, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw",
+    "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01, "schedule": "cosine",
+    "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0,
+    "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
+    "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
+    "overwrite": False,
+}
+
+# Fields that may change when a run is resumed (they do not change what is being trained).
+RESUME_OVERRIDABLE = {"epochs", "device", "threads", "progress", "compile", "eval_batch_size", "precision",
+                      "channels_last", "resume", "out", "overwrite"}
+
+# Registry-info keys of an architecture that are training settings (see ferkit.models.register_model).
+_ARCH_SETTING_KEYS = ("label_set", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
+                      "epochs", "split", "schedule_params", "warmup_epochs", "label_smoothing", "grad_clip",
+                      "class_weights", "sampling", "sample_cap", "arch_kwargs", "preprocess")
+_CLEAN_RULE_NAMES = {"histogram_max_bin": "histogram", "histogram": "histogram", "blank": "blank",
+                     "duplicates": "duplicates"}
+_SCHEDULE_PARAM_KEYS = {
+    "constant": set(), "cosine": {"min_lr"}, "onecycle": {"div_factor", "final_div_factor", "pct_start"},
+    "plateau": {"factor", "patience", "mode", "min_lr", "threshold"},
+}
+
+
+def _settings_from_arch_info(info: dict[str, Any]) -> dict[str, Any]:
+    """Map an architecture's registry info (its source's recipe) onto TrainConfig fields."""
+    out = {k: info[k] for k in _ARCH_SETTING_KEYS if info.get(k) is not None}
+    if "schedule" in info:  # the literature recipes without a schedule used a constant learning rate
+        out["schedule"] = info["schedule"] or "constant"
+    if info.get("augment") is not None:
+        out["augment"] = info["augment"]
+    clean = info.get("clean")
+    if isinstance(clean, str):
+        out["clean"] = [clean]
+    elif isinstance(clean, (list, tuple)):
+        out["clean"] = list(clean)
+    elif isinstance(clean, dict):
+        rules = [_CLEAN_RULE_NAMES.get(k, k) for k in clean if k != "undersample" and clean[k]]
+        if rules:
+            out["clean"] = rules
+        if clean.get("undersample"):
+            out["sampling"] = "under"
+            out["sample_cap"] = dict(clean["undersample"])
+    return out
+
+
+def _merge_augment(base: dict[str, Any], layer: str | dict[str, Any] | None) -> dict[str, Any]:
+    """One layer of augmentation settings on top of ``base``: a preset name replaces everything; a
+    dict with ``"preset"`` starts from that preset; a dict without one edits ``base``."""
+    if layer is None:
+        return base
+    if isinstance(layer, str):
+        layer = {"preset": layer}
+    layer = dict(layer)
+    if "preset" in layer:
+        name = layer.pop("preset")
+        if name not in AUGMENT_PRESETS:
+            raise FerkitError(f"unknown augmentation preset {name!r}; choose one of {', '.join(AUGMENT_PRESETS)}")
+        base = {**AugmentConfig().to_dict(), **AUGMENT_PRESETS[name]}
+    return {**base, **layer}
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """The concrete configuration of a new run: every field decided and checked.
+
+    Precedence: ferkit's DEFAULTS < architecture registry info < named recipe < explicit fields.
+    Raises FerkitError for unknown names and impossible combinations.
+    """
+    from .models import model_info
+    from .recipes import get_recipe
+
+    given = {k: v for k, v in asdict(config).items() if v is not None}
+    recipe = dict(get_recipe(given["recipe"]).settings) if given.get("recipe") else {}
+
+    init_meta = None
+    if given.get("init"):
+        if given.get("resume"):
+            raise FerkitError("--init starts a new run from a checkpoint; --resume continues a run: use one of them")
+        init_meta = load_checkpoint(given["init"], "best")
+    arch = given.get("arch") or recipe.get("arch") or (init_meta or {}).get("arch")
+    if not arch:
+        raise FerkitError("choose an architecture with --arch NAME (or a --recipe that names one); `ferkit models` lists them")
+    if init_meta is not None and init_meta["arch"] != arch:
+        raise FerkitError(f"--init checkpoint {init_meta['path']} holds a {init_meta['arch']!r} network, not {arch!r}; "
+                          f"drop --arch or pick a checkpoint of that architecture")
+    arch_settings = _settings_from_arch_info(model_info(arch))  # raises for an unknown architecture
+
+    merged: dict[str, Any] = {**DEFAULTS}
+    augment: dict[str, Any] = _merge_augment({}, DEFAULTS["augment"])
+    for layer in (arch_settings, recipe, given):
+        augment = _merge_augment(augment, layer.get("augment"))
+        merged.update({k: v for k, v in layer.items() if k != "augment"})
+    merged["arch"] = arch
+    merged["augment"] = AugmentConfig.from_dict(augment).to_dict()
+    if init_meta is not None:
+        merged["arch_kwargs"] = {**init_meta.get("arch_kwargs", {}), **given.get("arch_kwargs", {})}
+        if "preprocess" not in given:
+            merged["preprocess"] = dict(init_meta.get("preprocess") or {})
+    if merged.get("ferplus"):
+        merged.setdefault("ferplus_mode", None)
+        merged["ferplus_mode"] = merged["ferplus_mode"] or "majority"
+        if "label_set" not in given:
+            merged["label_set"] = "ferplus8"
+    cfg = TrainConfig(**{f.name: merged.get(f.name) for f in fields(TrainConfig)})
+    _check_config(cfg)
+    return cfg
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    def bad(msg: str) -> None:
+        raise FerkitError(msg)
+
+    if not cfg.out:
+        bad("choose a run directory with --out DIR")
+    if not cfg.data:
+        bad("choose the training data with --data PATH (fer2013.csv[.gz] or an image-folder root)")
+    if cfg.optimizer not in OPTIMIZERS:
+        bad(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if cfg.schedule not in SCHEDULES:
+        bad(f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    unknown = set(cfg.schedule_params or {}) - _SCHEDULE_PARAM_KEYS[cfg.schedule]
+    if unknown:
+        bad(f"schedule {cfg.schedule!r} takes no parameters {sorted(unknown)}; it knows {sorted(_SCHEDULE_PARAM_KEYS[cfg.schedule])}")
+    if cfg.precision not in PRECISIONS:
+        bad(f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if cfg.class_weights not in WEIGHT_MODES:
+        bad(f"unknown class-weight mode {cfg.class_weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
+    if cfg.sampling not in SAMPLING_MODES:
+        bad(f"unknown sampling mode {cfg.sampling!r}; choose one of {', '.join(SAMPLING_MODES)}")
+    if cfg.sample_cap is not None and cfg.sampling == "none":
+        bad("--sample-cap needs --sampling over or under")
+    if cfg.split not in ("usage", "random"):
+        bad(f"unknown split method {cfg.split!r}; use 'usage' or 'random'")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or not cfg.momentum):
+        bad(f"Nesterov momentum needs --optimizer sgd with --momentum > 0 (got {cfg.optimizer}, momentum {cfg.momentum})")
+    if cfg.ferplus_mode is not None and cfg.ferplus_mode not in FERPLUS_MODES:
+        bad(f"unknown FER+ mode {cfg.ferplus_mode!r}; choose one of {', '.join(FERPLUS_MODES)}")
+    if cfg.ferplus_mode is not None and not cfg.ferplus:
+        bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
+    checks = [
+        (isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be a whole number >= 1, got {cfg.epochs}"),
+        (isinstance(cfg.batch_size, int) and cfg.batch_size >= 2, f"batch size must be >= 2, got {cfg.batch_size}"),
+        (cfg.eval_batch_size >= 1, f"eval batch size must be >= 1, got {cfg.eval_batch_size}"),
+        (cfg.lr > 0, f"learning rate must be > 0, got {cfg.lr}"),
+        (0 <= cfg.momentum < 1, f"momentum must lie in [0, 1), got {cfg.momentum}"),
+        (cfg.weight_decay >= 0, f"weight decay must be >= 0, got {cfg.weight_decay}"),
+        (0 <= cfg.label_smoothing < 1, f"label smoothing must lie in [0, 1), got {cfg.label_smoothing}"),
+        (0 <= cfg.warmup_epochs < cfg.epochs, f"warm-up epochs must lie in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}"),
+        (cfg.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {cfg.grad_clip}"),
+        (cfg.limit is None or cfg.limit >= 1, f"--limit must be >= 1, got {cfg.limit}"),
+        (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            bad(msg)
+    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+        bad(f"unknown device {cfg.device!r}; use auto, cpu, cuda or cuda:N")
+    PreprocessSpec.from_dict(cfg.preprocess)  # raises for unknown fields
+
+
+def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    """The saved configuration of ``config.out``'s run plus the allowed runtime overrides, and last.pt."""
+    if not config.out:
+        raise FerkitError("--resume needs --out RUN_DIR (the run to continue)")
+    last = Path(config.out) / "last.pt"
+    if not last.is_file():
+        raise FerkitError(f"nothing to resume: {last} does not exist (start the run without --resume)")
+    ckpt = load_checkpoint(last, "last")
+    saved = dict(ckpt["config"])
+    for k, v in asdict(config).items():
+        if v is not None and k not in RESUME_OVERRIDABLE and v != saved.get(k):
+            raise FerkitError(f"--resume continues {config.out} with its saved settings; {k} was {saved.get(k)!r} "
+                              f"there, not {v!r}: drop that option (or start a new run with another --out)")
+    for k in RESUME_OVERRIDABLE:
+        v = getattr(config, k)
+        if v is not None:
+            saved[k] = v
+    saved["resume"], saved["out"] = True, str(config.out)
+    cfg = TrainConfig(**{f.name: saved.get(f.name) for f in fields(TrainConfig)})
+    _check_config(cfg)
+    return cfg, ckpt
+
+
+# ------------------------------------------------------------------------------------ LR schedule
+class LRSchedule:
+    """The learning rate as a function of the optimiser step (and, for ``plateau``, of validation).
+
+    constant / plateau / cosine: linear warm-up over ``warmup_epochs`` from lr/steps to lr, then
+    constant, reduced by ``factor`` after ``patience`` epochs without improvement (plateau), or a
+    half-cosine down to ``min_lr`` at the last step (cosine). onecycle: cosine rise from
+    lr/``div_factor`` to lr over the warm-up (``warmup_epochs``, else ``pct_start`` of the run), then
+    cosine decay to lr/(div_factor*final_div_factor).
+    """
+
+    def __init__(self, kind: str, lr: float, steps_per_epoch: int, epochs: int, warmup_epochs: float,
+                 params: dict[str, Any] | None = None):
+        p = dict(params or {})
+        self.kind, self.base_lr = kind, lr
+        self.total = max(1, steps_per_epoch * epochs)
+        if kind == "onecycle" and not warmup_epochs:
+            self.warmup = int(round(float(p.get("pct_start", 0.3)) * self.total))
+        else:
+            self.warmup = int(round(warmup_epochs * steps_per_epoch))
+        self.min_lr = float(p.get("min_lr", 0.0))
+        self.div, self.final_div = float(p.get("div_factor", 25.0)), float(p.get("final_div_factor", 1e4))
+        self.factor, self.patience = float(p.get("factor", 0.5)), int(p.get("patience", 5))
+        self.mode, self.threshold = p.get("mode", "max"), float(p.get("threshold", 1e-4))
+        if self.mode not in ("max", "min") or not 0 < self.factor < 1:
+            raise FerkitError("plateau schedule: mode must be 'max' (val accuracy) or 'min' (val loss), 0 < factor < 1")
+        # plateau state (saved in checkpoints)
+        self.scale, self.best, self.bad_epochs = 1.0, None, 0
+
+    def lr_at(self, step: int) -> float:
+        if self.kind == "onecycle":
+            lo, end = self.base_lr / self.div, self.base_lr / (self.div * self.final_div)
+            if step < self.warmup:
+                return lo + (self.base_lr - lo) * (1 - math.cos(math.pi * step / self.warmup)) / 2
+            t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+            return end + (self.base_lr - end) * (1 + math.cos(math.pi * t)) / 2
+        if step < self.warmup:
+            return self.base_lr * self.scale * (step + 1) / self.warmup
+        if self.kind == "cosine":
+            t = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup - 1))
+            return self.min_lr + (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t)) / 2
+        if self.kind == "plateau":
+            return max(self.base_lr * self.scale, self.min_lr)
+        return self.base_lr
+
+    def epoch_end(self, val_acc: float, val_loss: float) -> bool:
+        """Plateau bookkeeping after an epoch's validation; True when the LR was just reduced."""
+        if self.kind != "plateau":
+            return False
+        value = val_acc if self.mode == "max" else -val_loss
+        if self.best is None or value > self.best + self.threshold:
+            self.best, self.bad_epochs = value, 0
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            self.scale *= self.factor
+            self.bad_epochs = 0
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+
+
+# ------------------------------------------------------------------------------- runtime helpers
+@dataclass
+class Runtime:
+    """Where this process runs: device, precision, data-parallel rank and world size."""
+
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16 (resolved from 'auto')
+    rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    threads: int = 1
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def _cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Device, precision, threads; joins the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    want = cfg.device
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FerkitError("--device cuda was asked for but this torch sees no CUDA GPU; use --device cpu or auto")
+        device = torch.device(f"cuda:{local_rank}" if world > 1 and want == "cuda" else want)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    threads = cfg.threads or max(1, cores // max(1, local_world))
+    torch.set_num_threads(threads)
+    notes = []
+    precision = cfg.precision
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if _cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise FerkitError("fp16 mixed precision needs a CUDA GPU; on the CPU use --precision bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not _cpu_supports_bf16():
+        notes.append("this CPU has no fast bf16: autocast will be slow; consider --precision fp32")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return Runtime(device, precision, rank, world, local_world, threads, notes)
+
+
+def _load_splits(cfg: TrainConfig):
+    """``prepare_splits`` with the options this config uses; a clear error when the installed
+    ``prepare_splits`` does not know an option yet (FER+, cleaning)."""
+    import inspect
+
+    from .data import prepare_splits
+
+    kwargs: dict[str, Any] = {"label_set": cfg.label_set, "split": cfg.split, "seed": cfg.split_seed,
+                              "skip_bad": cfg.skip_bad, "limit": cfg.limit}
+    optional = {"ferplus": cfg.ferplus, "ferplus_mode": cfg.ferplus_mode if cfg.ferplus else None,
+                "clean": list(cfg.clean) if cfg.clean else None}
+    known = inspect.signature(prepare_splits).parameters
+    for name, value in optional.items():
+        if value is None:
+            continue
+        if name not in known:
+            raise FerkitError(f"this ferkit's data loader does not support the {name!r} option yet "
+                              f"(asked for {name}={value!r}); drop it or update ferkit")
+        kwargs[name] = value
+    splits = prepare_splits(cfg.data, **kwargs)
+    if len(splits.train) < 2:
+        raise FerkitError(f"the training split of {cfg.data} has {len(splits.train)} images; at least 2 are needed")
+    if len(splits.val) < 1:
+        raise FerkitError(f"the validation split of {cfg.data} is empty; validation (PublicTest or the random "
+                          f"split's val part) is needed to select the best epoch")
+    return splits
+
+
+def _sample_caps(cfg: TrainConfig, labels: tuple[str, ...]) -> int | dict[int, int] | None:
+    """``sample_cap`` with class names turned into class ids of this label set."""
+    cap = cfg.sample_cap
+    if not isinstance(cap, dict):
+        return cap
+    out = {}
+    for name, n in cap.items():
+        if name not in labels:
+            raise FerkitError(f"--sample-cap names class {name!r}, which is not in this label set ({', '.join(labels)})")
+        out[labels.index(name)] = int(n)
+    return out
+
+
+def _head_keys(state: dict[str, torch.Tensor], num_classes: int) -> list[str]:
+    """The classifier head: the trailing parameters whose first dimension is the class count."""
+    keys = []
+    for k in reversed(list(state)):
+        if state[k].ndim >= 1 and state[k].shape[0] == num_classes:
+            keys.append(k)
+        elif keys:
+            break
+    return keys
+
+
+def _init_from_checkpoint(model: torch.nn.Module, ckpt: dict[str, Any], labels: tuple[str, ...]) -> str:
+    """Copy a checkpoint's weights into ``model`` for fine-tuning. The classifier head is kept only when
+    the label list is the same; otherwise it keeps ``model``'s fresh initialisation. Returns a note."""
+    own = model.state_dict()
+    src = ckpt["model"]
+    fresh: list[str] = []
+    if list(ckpt.get("labels", [])) != list(labels):
+        fresh = _head_keys(src, int(ckpt["num_classes"]))
+    mismatched = [k for k in src if k in own and k not in fresh and src[k].shape != own[k].shape]
+    if mismatched:
+        raise FerkitError(f"--init checkpoint {ckpt['path']} does not fit this network: {mismatched[:3]} differ in "
+                          f"shape (other arch options?)")
+    missing = [k for k in own if k not in src]
+    if missing:
+        raise FerkitError(f"--init checkpoint {ckpt['path']} lacks {missing[:3]}: not the same architecture")
+    model.load_state_dict({k: (own[k] if k in fresh else src[k]) for k in own})
+    if fresh:
+        return (f"fine-tuning from {ckpt['path']}: classifier head {fresh} replaced "
+                f"({ckpt['num_classes']} classes {list(ckpt.get('labels', []))} -> {len(labels)} {list(labels)})")
+    return f"fine-tuning from {ckpt['path']}: all weights copied"
+
+
+def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and conv kernels only (not on biases and norm scales/shifts)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov))
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _rng_state(gen: torch.Generator, rt: Runtime) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(rt.device) if rt.device.type == "cuda" else None,
+        "augment": gen.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, rt: Runtime) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and rt.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], rt.device)
+    gen.set_state(state["augment"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
+    if rt.world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate_tensors(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, batch_size: int,
+                     channels_last: bool) -> tuple[float, float]:
+    """Mean cross-entropy (hard labels, no smoothing) and accuracy of ``model`` on (x, y), sharded
+    across data-parallel processes and summed."""
+    model.eval()
+    idx = torch.arange(rt.rank, len(y), rt.world_size, device=x.device)
+    loss_sum, correct = 0.0, 0.0
+    for lo in range(0, len(idx), batch_size):
+        b = idx[lo:lo + batch_size]
+        xb = x[b].contiguous(memory_format=torch.channels_last) if channels_last else x[b]
+        with rt.autocast():
+            logits = model(xb)
+        logits = logits.float()
+        loss_sum += float(F.cross_entropy(logits, y[b], reduction="sum"))
+        correct += float((logits.argmax(1) == y[b]).sum())
+    loss_sum, correct, n = _all_reduce_sum([loss_sum, correct, float(len(idx))], rt)
+    return loss_sum / max(n, 1), correct / max(n, 1)
+
+
+# ------------------------------------------------------------------------------------ run files
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """``metrics.json`` ({..summary, "history": [per-epoch records]}) and ``metrics.csv`` (one row per
+    epoch). Accuracies are fractions in [0, 1]; lr is the rate of the epoch's last step."""
+    _write_atomic(run_dir / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode())
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    _write_atomic(run_dir / "metrics.csv", buf.getvalue().encode())
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Training-vs-validation accuracy (%) and loss per epoch as a PNG (matplotlib Agg, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    ep = [r["epoch"] for r in history]
+    for ax, key, scale, name in ((ax_acc, "acc", 100.0, "accuracy (%)"), (ax_loss, "loss", 1.0, "loss")):
+        ax.plot(ep, [scale * r[f"train_{key}"] for r in history], "o-", ms=3, label="train")
+        ax.plot(ep, [scale * r[f"val_{key}"] for r in history], "o-", ms=3, label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    best = max(history, key=lambda r: r["val_acc"])
+    ax_acc.axvline(best["epoch"], color="gray", ls="--", lw=0.8)
+    ax_acc.set_title(f"best validation {100 * best['val_acc']:.2f}% at epoch {best['epoch']}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _write_atomic(path, buf.getvalue())
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FerkitError(f"--out {out} is a file; choose a directory for the run")
+    if (out / "last.pt").exists():
+        if not cfg.overwrite:
+            raise FerkitError(f"{out} already holds a run (last.pt); continue it with --resume, replace it with "
+                              f"--overwrite, or choose another --out")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(config: TrainConfig) -> Path:
+    """Train a network as ``config`` says and return the run directory (see the module docstring)."""
+    # 1. configuration ------------------------------------------------------------------------
+    if config.resume:
+        cfg, resume_ckpt = _resume_config(config)
+    else:
+        cfg, resume_ckpt = resolve_config(config), None
+
+    # 2. runtime: device, precision, threads, data parallelism ---------------------------------
+    rt = _setup_runtime(cfg)
+    try:
+        return _train(cfg, rt, resume_ckpt)
+    finally:
+        if rt.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) -> Path:
+    from tqdm import tqdm
+
+    from .models import count_parameters, create_model
+
+    run_dir = Path(cfg.out)
+    if rt.main and resume_ckpt is None:
+        _prepare_run_dir(cfg)
+    if rt.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the run directory is ready before anyone goes on
+
+    # 3. data: splits, converted once by the one preprocessing function --------------------------
+    splits = _load_splits(cfg)
+    if resume_ckpt is not None and resume_ckpt["data"].get("data_sha256") != splits.info.get("data_sha256"):
+        raise FerkitError(f"{cfg.data} is not the file this run was trained on (sha256 differs); "
+                          f"resume with the original data")
+    spec = PreprocessSpec.from_dict(cfg.preprocess)
+    labels, num_classes = tuple(splits.labels), len(splits.labels)
+    data_device = rt.device  # the whole (small) data set lives where the model does
+    train_x = torch.from_numpy(prepare_faces(splits.train.images, spec)).to(data_device)
+    train_y = torch.from_numpy(np.asarray(splits.train.labels, np.int64)).to(data_device)
+    train_soft = None
+    if cfg.ferplus_mode == "soft" and splits.train.soft is not None:
+        train_soft = torch.from_numpy(np.asarray(splits.train.soft, np.float32)).to(data_device)
+    val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
+    val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
+    caps = _sample_caps(cfg, labels)
+
+    # the epoch length is fixed by the class counts, so the schedule knows the total step count
+    n_epoch = len(epoch_indices(splits.train.labels, seed=cfg.seed, epoch=0, mode=cfg.sampling, cap=caps))
+    per_rank = len(shard(np.arange(n_epoch), 0, rt.world_size))
+    batch = max(2, cfg.batch_size // rt.world_size)
+    starts = list(range(0, per_rank, batch))
+    if len(starts) > 1 and per_rank - starts[-1] < 2:
+        starts.pop()  # a last batch of one image breaks batch norm; its image is seen next epoch
+    batches = [(lo, min(lo + batch, per_rank)) for lo in starts]
+    steps_per_epoch = len(batches)
+
+    # 4. model, optimiser, schedule, loss ---------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, num_classes=num_classes, **(cfg.arch_kwargs or {}))
+    init_note = None
+    if cfg.init and resume_ckpt is None:
+        init_note = _init_from_checkpoint(model, load_checkpoint(cfg.init, "best"), labels)
+    model.to(rt.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(cfg, model)
+    schedule = LRSchedule(cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule_params)
+    scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+    weight = None
+    if cfg.class_weights != "none":
+        weight = torch.from_numpy(class_weights(splits.train.labels, num_classes, cfg.class_weights)).to(rt.device)
+    augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment))
+    aug = augmenter.config
+    mixing = bool(aug.mixup or aug.cutmix)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 + 7919 * rt.rank)  # augmentation randomness
+    if rt.world_size > 1:
+        torch.manual_seed(cfg.seed + 104_729 * rt.rank)  # each process its own dropout masks
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_val_acc, best_epoch = 0, -1.0, 0
+    if resume_ckpt is not None:  # restore everything a killed run had at the end of its last epoch
+        model.load_state_dict(resume_ckpt["model"])
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        schedule.load_state_dict(resume_ckpt["scheduler"])
+        if scaler is not None and resume_ckpt.get("scaler"):
+            scaler.load_state_dict(resume_ckpt["scaler"])
+        history = list(resume_ckpt["history"])
+        start_epoch, best_val_acc, best_epoch = resume_ckpt["epoch"], resume_ckpt["best_val_acc"], resume_ckpt["best_epoch"]
+        rng = resume_ckpt.get("rng") or {}
+        if rng.get("world_size") == rt.world_size:
+            _set_rng_state(rng["ranks"][rt.rank], gen, rt)
+        else:
+            rt.notes.append(f"resumed with {rt.world_size} processes instead of {rng.get('world_size')}: "
+                            f"random streams re-seeded, so the rest of the run is not bit-identical")
+            torch.manual_seed(cfg.seed + 1_000 * start_epoch + rt.rank)
+            gen.manual_seed(cfg.seed * 1_000_003 + 1_000 * start_epoch + rt.rank)
+
+    train_model = model
+    if rt.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    def model_state() -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+    meta = {
+        "arch": cfg.arch, "arch_kwargs": dict(cfg.arch_kwargs or {}), "num_classes": num_classes,
+        "labels": list(labels), "label_set": splits.label_set, "preprocess": spec.to_dict(),
+        "config": asdict(cfg), "data": splits.info,
+    }
+    if rt.main:
+        run_info = {**asdict(cfg), "data_info": splits.info, "labels": list(labels), "world_size": rt.world_size,
+                    "device": str(rt.device), "precision_used": rt.precision, "threads": rt.threads,
+                    "torch": torch.__version__, "steps_per_epoch": steps_per_epoch, "images_per_epoch": n_epoch}
+        _write_atomic(run_dir / "config.json", json.dumps(run_info, indent=1, default=str).encode())
+        print(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f} M parameters), {splits.label_set} "
+              f"({num_classes} classes); train {len(splits.train)} / val {len(splits.val)} images; "
+              f"{rt.device}, {rt.threads} thread(s) x {rt.world_size} process(es), {rt.precision}"
+              f"{', channels-last' if cfg.channels_last else ''}; seed {cfg.seed}; "
+              f"{steps_per_epoch} steps/epoch of {batch * rt.world_size}; {cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule}",
+              flush=True)
+        for note in [init_note, *rt.notes]:
+            if note:
+                print(f"  note: {note}", flush=True)
+        if resume_ckpt is not None:
+            print(f"  resuming after epoch {start_epoch} (best val acc {100 * best_val_acc:.2f}% at epoch {best_epoch})",
+                  flush=True)
+
+    # 5. the epochs ----------------------------------------------------------------------------
+    kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_model.train()
+        order = epoch_indices(splits.train.labels, seed=cfg.seed, epoch=epoch, mode=cfg.sampling, cap=caps)
+        order = torch.from_numpy(shard(order, rt.rank, rt.world_size)).to(data_device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+        correct = torch.zeros((), dtype=torch.int64, device=rt.device)
+        seen = 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (cfg.progress and rt.main), file=sys.stderr, mininterval=0.5)
+        lr = schedule.lr_at(epoch * steps_per_epoch)
+        for i, (lo, hi) in enumerate(batches):
+            # learning rate of this step
+            lr = schedule.lr_at(epoch * steps_per_epoch + i)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # batch: gather, augment, mix
+            idx = order[lo:hi]
+            x, y = train_x[idx], train_y[idx]
+            x = augmenter(x, gen)
+            target = train_soft[idx] if train_soft is not None else None
+            if mixing:
+                target = target if target is not None else F.one_hot(y, num_classes).to(x.dtype)
+                x, target = mix_batch(x, target, gen, aug.mixup, aug.cutmix)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            # forward (mixed precision), loss in float32, backward, step
+            with rt.autocast():
+                logits = train_model(x)
+            logits = logits.float()
+            loss = F.cross_entropy(logits, y if target is None else target, weight=weight,
+                                   label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            # running metrics (accuracy against the un-mixed labels)
+            n = hi - lo
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += n
+            bar.update(1)
+            if bar.n == steps_per_epoch or (not bar.disable and time.perf_counter() - bar.last_print_t > 0.5):
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{100 * int(correct) / seen:.1f}%",
+                                lr=f"{lr:.2e}", refresh=False)
+        bar.close()
+        tr_loss, tr_correct, tr_seen = _all_reduce_sum([float(loss_sum), float(correct), float(seen)], rt)
+        train_time = time.perf_counter() - t0
+
+        # validation, plateau schedule, best epoch
+        val_loss, val_acc = evaluate_tensors(model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
+        schedule.epoch_end(val_acc, val_loss)
+        improved = val_acc > best_val_acc
+        if improved:
+            best_val_acc, best_epoch = val_acc, epoch + 1
+        record = {
+            "epoch": epoch + 1, "train_loss": tr_loss / tr_seen, "train_acc": tr_correct / tr_seen,
+            "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
+            "epoch_time_s": round(time.perf_counter() - t0, 3), "images_per_s": round(tr_seen / train_time, 1),
+        }
+        history.append(record)
+
+        # files (process 0): best.pt, last.pt (with every rank's random state), metrics, curves
+        rng_states = [_rng_state(gen, rt)]
+        if rt.world_size > 1:
+            import torch.distributed as dist
+
+            rng_states = [None] * rt.world_size
+            dist.all_gather_object(rng_states, _rng_state(gen, rt))
+        if rt.main:
+            state = {**meta, "model": model_state(), "epoch": epoch + 1, "best_epoch": best_epoch,
+                     "best_val_acc": best_val_acc, "history": history}
+            if improved:
+                save_checkpoint(state, run_dir / "best.pt")
+            save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                             "scaler": scaler.state_dict() if scaler is not None else None,
+                             "rng": {"world_size": rt.world_size, "ranks": rng_states}}, run_dir / "last.pt")
+            summary = {"arch": cfg.arch, "seed": cfg.seed, "label_set": splits.label_set, "labels": list(labels),
+                       "epochs_planned": cfg.epochs, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
+                       "data_sha256": splits.info.get("data_sha256")}
+            write_metrics(run_dir, history, summary)
+            plot_curves(history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.data).name} (seed {cfg.seed})")
+            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc "
+                  f"{100 * record['train_acc']:5.2f}%  val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%  "
+                  f"lr {lr:.2e}  {record['epoch_time_s']:.1f} s{'  *best' if improved else ''}", flush=True)
+            if kill_after == epoch + 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: a crash right after epoch k's files
+
+    if rt.main:
+        print(f"done: best validation accuracy {100 * best_val_acc:.2f}% at epoch {best_epoch}; run in {run_dir}",
+              flush=True)
+    return run_dir

@@ -1,0 +1,347 @@
+"""Metrics, evaluation (torch and ONNX), ONNX export and the `ferkit evaluate` / `ferkit export` commands."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
+from torch import nn  # noqa: E402
+
+from conftest import make_fer_csv  # noqa: E402
+from ferkit import metrics  # noqa: E402
+from ferkit.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from ferkit.cli import main as cli_main  # noqa: E402
+from ferkit.data import prepare_splits  # noqa: E402
+from ferkit.errors import FerkitError  # noqa: E402
+from ferkit.evaluate import evaluate, save_report  # noqa: E402
+from ferkit.export import export_onnx  # noqa: E402
+from ferkit.models import register_model  # noqa: E402
+from ferkit.preprocess import PreprocessSpec, prepare_faces  # noqa: E402
+from ferkit.runtime import EmotionClassifier  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_KEYS = {"accuracy", "loss", "macro_f1", "per_class", "confusion_matrix", "confusion_matrix_normalized",
+             "true_counts", "pred_counts", "labels", "n", "split", "model", "data_sha256", "tta"}
+
+
+@register_model("_test_tiny_bn", source="tests", params="~12k")
+def _tiny_bn(num_classes: int = 7, width: int = 8):
+    """Small conv net with BatchNorm (2-D and 1-D) and dropout, fast to train (no LRN: its backward is slow)."""
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(4),
+        nn.Conv2d(width, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.2), nn.Linear(16 * 6 * 6, 32), nn.BatchNorm1d(32), nn.ReLU(),
+        nn.Linear(32, num_classes),
+    )
+
+
+def train_tiny_run(csv: Path, run_dir: Path, *, steps: int = 40, label_set: str = "fer7", limit=None,
+                   spec: PreprocessSpec = PreprocessSpec(), seed: int = 0) -> Path:
+    """Train _test_tiny_bn a few Adam steps on the Training split; write best.pt like `ferkit train` would."""
+    torch.manual_seed(seed)
+    splits = prepare_splits(str(csv), label_set=label_set, limit=limit)
+    model = _tiny_bn(num_classes=len(splits.labels))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = torch.from_numpy(prepare_faces(splits.train.images, spec))
+    y = torch.from_numpy(splits.train.labels)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (min(64, len(y)),), generator=g)
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    history = [{"epoch": 1, "train_loss": float(loss.detach()), "val_acc": 0.5}]
+    save_checkpoint({
+        "arch": "_test_tiny_bn", "arch_kwargs": {"width": 8}, "num_classes": len(splits.labels),
+        "labels": list(splits.labels), "label_set": splits.label_set, "preprocess": spec.to_dict(),
+        "model": model.state_dict(), "epoch": 1, "best_epoch": 1, "best_val_acc": 0.5, "history": history,
+        "config": {"arch": "_test_tiny_bn", "optimizer": "adam", "lr": 3e-3, "steps": steps, "seed": seed},
+        "data": splits.info,
+    }, run_dir / "best.pt")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(csv, run_dir, onnx_path): a tiny model trained on the synthetic CSV, exported once per module."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(base / "cache"))
+        csv = make_fer_csv(base / "tiny.csv", n_per_split=(140, 35, 42))
+        run = train_tiny_run(csv, base / "run")
+        onnx_path = base / "tiny.onnx"
+        info = export_onnx(run, onnx_path)
+    return csv, run, onnx_path, info
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+
+def test_metrics_against_hand_computed_example():
+    # 3 classes; true / predicted worked out by hand:
+    y_true = [0, 0, 0, 1, 1, 2, 2, 2, 2, 2]
+    y_pred = [0, 0, 1, 1, 2, 2, 2, 2, 0, 1]
+    cm = metrics.confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [1, 1, 3]]
+    p, r, f1, support = metrics.precision_recall_f1(cm)
+    # class 0: tp 2, predicted 3, true 3 -> P 2/3, R 2/3; class 1: tp 1, pred 3, true 2 -> P 1/3, R 1/2
+    # class 2: tp 3, pred 4, true 5 -> P 3/4, R 3/5
+    np.testing.assert_allclose(p, [2 / 3, 1 / 3, 3 / 4])
+    np.testing.assert_allclose(r, [2 / 3, 1 / 2, 3 / 5])
+    np.testing.assert_allclose(f1, [2 / 3, 2 / 5, 2 / 3])
+    assert support.tolist() == [3, 2, 5]
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(0.6)
+    assert metrics.macro_f1(y_true, y_pred, 3) == pytest.approx((2 / 3 + 2 / 5 + 2 / 3) / 3)
+    probs = np.full((10, 3), 0.25)
+    probs[np.arange(10), y_true] = 0.5
+    rep = metrics.classification_report(y_true, y_pred, ["a", "b", "c"], probs=probs)
+    assert rep["loss"] == pytest.approx(np.log(2))
+    assert rep["per_class"]["b"] == {"precision": pytest.approx(1 / 3), "recall": 0.5, "f1": pytest.approx(0.4),
+                                     "support": 2}
+    assert rep["true_counts"] == {"a": 3, "b": 2, "c": 5}
+    assert rep["pred_counts"] == {"a": 3, "b": 3, "c": 4}
+    np.testing.assert_allclose(rep["confusion_matrix_normalized"][2], [0.2, 0.2, 0.6])
+    logits = np.log(probs)
+    assert metrics.cross_entropy(logits, y_true, from_logits=True) == pytest.approx(np.log(2))
+    json.dumps(rep)  # JSON-ready
+
+
+def test_metrics_edge_cases():
+    # a class never predicted and a class with no samples: zeros, not NaN
+    rep = metrics.classification_report([0, 0, 1], [0, 0, 0], ["a", "b", "c"])
+    assert rep["per_class"]["b"]["precision"] == 0.0 and rep["per_class"]["c"]["recall"] == 0.0
+    assert rep["confusion_matrix_normalized"][2] == [0.0, 0.0, 0.0]
+    assert rep["loss"] is None
+    with pytest.raises(FerkitError, match="differ in length"):
+        metrics.accuracy([0, 1], [0])
+    with pytest.raises(FerkitError, match="outside"):
+        metrics.confusion_matrix([0, 3], [0, 1], 3)
+    np.testing.assert_allclose(metrics.softmax(np.array([[1000.0, 1000.0]])), [[0.5, 0.5]])
+
+
+# -- export -------------------------------------------------------------------------------------------
+
+def test_export_round_trip(tiny_run):
+    csv, run, onnx_path, info = tiny_run
+    proto = onnx.load(str(onnx_path))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    ckpt = load_checkpoint(run)
+    assert meta["ferkit_labels"] == ckpt["labels"]
+    assert meta["ferkit_input_size"] == 48
+    assert meta["ferkit_preprocess"] == PreprocessSpec().to_dict()
+    assert meta["ferkit_arch"] == "_test_tiny_bn" and meta["ferkit_label_set"] == "fer7"
+    assert meta["ferkit_tta"] == "none"
+    prov = meta["ferkit_provenance"]
+    assert prov["data_sha256"] == ckpt["data"]["data_sha256"] and len(prov["data_sha256"]) == 64
+    assert prov["config"]["optimizer"] == "adam" and prov["best_epoch"] == 1
+    assert prov["best_metrics"]["epoch"] == 1 and prov["ferkit_version"] and prov["export_date"]
+    # graph: one input "input" (batch, 1, 48, 48) with a symbolic batch axis, output "logits"; opset >= 17
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert inp.name == "input" and out.name == "logits"
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 48, 48]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops, f"BN should be folded: {ops}"
+    assert info["max_abs_diff"] <= 1e-4
+    # independent check: onnxruntime vs torch at batch 1 and 37
+    model = build_model(ckpt)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    for n in (1, 37):
+        x = prepare_faces(rng.integers(0, 256, (n, 48, 48), dtype=np.uint8))
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        got = sess.run(["logits"], {"input": x})[0]
+        assert got.shape == (n, 7)
+        assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_export_errors(tmp_path, tiny_run):
+    with pytest.raises(FerkitError, match="no such checkpoint"):
+        export_onnx(tmp_path / "nope", tmp_path / "x.onnx")
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(FerkitError, match="best.pt"):
+        export_onnx(tmp_path / "empty_run", tmp_path / "x.onnx")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(FerkitError, match="cannot read checkpoint"):
+        export_onnx(junk, tmp_path / "x.onnx")
+    with pytest.raises(FerkitError, match=".onnx"):
+        export_onnx(tiny_run[1], tmp_path / "x.bin")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_verification_failure_leaves_no_file(tmp_path, tiny_run, monkeypatch):
+    import ferkit.export as ex
+
+    class Drift(nn.Module):  # a torch reference that no longer matches what was exported
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x) + 1e-2
+
+    real_verify = ex.verify_onnx
+    monkeypatch.setattr(ex, "verify_onnx", lambda model, *a, **kw: real_verify(Drift(model), *a, **kw))
+    with pytest.raises(FerkitError, match="differ by"):
+        export_onnx(tiny_run[1], tmp_path / "drift.onnx", exporter="torchscript")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- evaluate -----------------------------------------------------------------------------------------
+
+def test_evaluate_checkpoint_metrics_are_correct(tiny_run):
+    csv, run, onnx_path, _ = tiny_run
+    res = evaluate(run, csv, split="PrivateTest")
+    assert EVAL_KEYS <= set(res)
+    assert res["model_kind"] == "torch" and res["split"] == "PrivateTest" and res["tta"] == "none"
+    # recompute independently from the torch model
+    ckpt = load_checkpoint(run)
+    model = build_model(ckpt)
+    test = prepare_splits(str(csv)).get("PrivateTest")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(prepare_faces(test.images))).double()
+    pred = logits.argmax(1).numpy()
+    assert res["n"] == len(test) == 42
+    assert res["accuracy"] == pytest.approx(float((pred == test.labels).mean()))
+    assert res["loss"] == pytest.approx(float(nn.functional.cross_entropy(logits, torch.from_numpy(test.labels))),
+                                        rel=1e-5)
+    cm = np.asarray(res["confusion_matrix"])
+    assert cm.sum() == 42 and np.trace(cm) == int((pred == test.labels).sum())
+    assert [res["true_counts"][lab] for lab in res["labels"]] == np.bincount(test.labels, minlength=7).tolist()
+    assert [res["pred_counts"][lab] for lab in res["labels"]] == np.bincount(pred, minlength=7).tolist()
+    assert res["data_sha256"] == ckpt["data"]["data_sha256"]
+    assert res["accuracy"] > 0.4, "the tiny model should have learned the synthetic classes (chance is 1/7)"
+
+
+def test_must_show_onnx_runtime_and_evaluate_agree(tiny_run):
+    """EmotionClassifier(x.onnx).predict_proba argmax accuracy == evaluate(x.onnx) == evaluate(run dir)."""
+    csv, run, onnx_path, _ = tiny_run
+    test = prepare_splits(str(csv)).get("PrivateTest")
+    probs = EmotionClassifier(onnx_path).predict_proba(test.images)
+    assert probs.shape == (42, 7)
+    runtime_acc = float((probs.argmax(1) == test.labels).mean())
+    res_onnx = evaluate(onnx_path, csv, split="PrivateTest")
+    res_torch = evaluate(run, csv, split="PrivateTest")
+    assert res_onnx["model_kind"] == "onnx"
+    assert res_onnx["accuracy"] == runtime_acc == res_torch["accuracy"]
+    assert res_onnx["confusion_matrix"] == res_torch["confusion_matrix"]
+    assert res_onnx["loss"] == pytest.approx(res_torch["loss"], abs=1e-5)
+    assert res_onnx["data_sha256"] == res_torch["data_sha256"]
+
+
+def test_evaluate_tta_same_on_torch_and_onnx(tiny_run):
+    csv, run, onnx_path, _ = tiny_run
+    a = evaluate(run, csv, split="PublicTest", tta=True, return_probs=True)
+    b = evaluate(onnx_path, csv, split="PublicTest", tta="tencrop", return_probs=True)
+    plain = evaluate(onnx_path, csv, split="PublicTest", return_probs=True)
+    assert a["tta"] == b["tta"] == "tencrop" and plain["tta"] == "none"
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
+    assert not np.allclose(b["probs"], plain["probs"], atol=1e-4)
+    valset = prepare_splits(str(csv)).get("PublicTest")
+    clf = EmotionClassifier(onnx_path, tta="tencrop")
+    np.testing.assert_allclose(clf.predict_proba(valset.images), b["probs"], atol=1e-6)
+
+
+def test_evaluate_errors(tiny_run, tmp_path):
+    csv, run, onnx_path, _ = tiny_run
+    with pytest.raises(FerkitError, match="unknown split"):
+        evaluate(onnx_path, csv, split="Holdout")
+    with pytest.raises(FerkitError, match="label"):
+        evaluate(onnx_path, prepare_splits(str(csv), label_set="fer6"))
+    with pytest.raises(FerkitError, match="not found"):
+        evaluate(tmp_path / "missing.onnx", csv)
+
+
+def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
+    csv, run, onnx_path, _ = tiny_run
+    res = evaluate(onnx_path, csv, split="PrivateTest")
+    paths = save_report(res, tmp_path / "rep")
+    names = {p.name for p in paths}
+    assert names == {"metrics.json", "confusion_matrix.png", "class_counts.png"}
+    for p in paths:
+        assert p.stat().st_size > 200
+    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["accuracy"] == res["accuracy"]
+    assert (tmp_path / "rep" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+def test_cli_evaluate_json_is_one_object(tiny_run, capfd):
+    csv, run, onnx_path, _ = tiny_run
+    rc = cli_main(["evaluate", str(run), "--data", str(csv), "--split", "PrivateTest", "--json"])
+    out = capfd.readouterr().out
+    assert rc == 0
+    res = json.loads(out)  # the whole of stdout is exactly one JSON object
+    assert isinstance(res, dict) and EVAL_KEYS <= set(res)
+    assert out.count("\n") == 1
+
+
+def test_cli_evaluate_onnx_json_in_subprocess_without_torch(tiny_run, tmp_path):
+    csv, run, onnx_path, _ = tiny_run
+    code = (
+        "import sys, json\n"
+        "from ferkit.cli import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'evaluating an .onnx imported torch'\n"
+        "sys.exit(rc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "evaluate", str(onnx_path), "--data", str(csv), "--json", "--out",
+         str(tmp_path / "ev")], capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**__import__("os").environ, "FERKIT_CACHE": str(tmp_path / "cache")},
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["model_kind"] == "onnx" and res["n"] == 42
+    assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
+    assert (tmp_path / "ev" / "class_counts.png").is_file()
+
+
+def test_cli_table_export_and_errors(tiny_run, tmp_path, capfd):
+    csv, run, onnx_path, _ = tiny_run
+    rc = cli_main(["evaluate", str(onnx_path), "--data", str(csv), "--split", "PublicTest", "--tta"])
+    out = capfd.readouterr().out
+    assert rc == 0 and "accuracy" in out and "tta=tencrop" in out and "confusion matrix" in out
+    rc = cli_main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--tta", "flip", "--exporter", "torchscript"])
+    out = capfd.readouterr().out
+    assert rc == 0 and "wrote" in out
+    assert EmotionClassifier(tmp_path / "m.onnx").tta == "flip"
+    rc = cli_main(["evaluate", str(tmp_path / "nope"), "--data", str(csv)])
+    err = capfd.readouterr().err
+    assert rc == 2 and err.startswith("ferkit: error:") and err.count("\n") == 1
+
+
+# -- real data ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_must_show_on_real_fer2013(fer2013_csv, tmp_path):
+    """A small checkpoint trained a few steps on 2,000 real training rows: runtime == evaluate(onnx) == evaluate(run)."""
+    run = train_tiny_run(fer2013_csv, tmp_path / "run", steps=60, limit=2000)
+    onnx_path = tmp_path / "real.onnx"
+    info = export_onnx(run, onnx_path)
+    assert info["max_abs_diff"] <= 1e-4
+    test = prepare_splits(str(fer2013_csv)).get("PrivateTest")
+    assert len(test) == 3589
+    probs = EmotionClassifier(onnx_path).predict_proba(test.images)
+    runtime_acc = float((probs.argmax(1) == test.labels).mean())
+    res_onnx = evaluate(onnx_path, fer2013_csv, split="PrivateTest")
+    res_torch = evaluate(run, fer2013_csv, split="PrivateTest")
+    assert res_onnx["n"] == res_torch["n"] == 3589
+    assert res_onnx["accuracy"] == pytest.approx(runtime_acc, abs=0)
+    # torch and onnxruntime logits differ by ~1e-6; allow at most one near-tie to flip
+    assert abs(res_torch["accuracy"] - runtime_acc) <= 1 / 3589 + 1e-12
+    assert res_onnx["data_sha256"] == res_torch["data_sha256"]

@@ -1,0 +1,309 @@
+"""Training loop: run files, learning, exact kill-and-resume, torchrun data parallelism, fine-tuning,
+augmentation, balancing, bad input. A tiny network registered here keeps every run to seconds."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ferkit.cli import main as cli_main
+from ferkit.errors import FerkitError
+from ferkit.models import register_model
+
+TINY = "_test_tiny"
+
+
+class _Tiny(nn.Module):
+    """conv(8) + BN + ReLU + pool 4 -> conv(16) + BN + ReLU + pool 3 -> dropout -> linear (256 -> C)."""
+
+    def __init__(self, num_classes: int = 7, width: int = 8):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(4),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.MaxPool2d(3),
+        )
+        self.dropout = nn.Dropout(0.1)
+        self.fc = nn.Linear(2 * width * 16, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dropout(torch.flatten(self.features(x), 1)))
+
+
+@register_model(TINY, family="test", label_set="fer7", optimizer="adam", lr=1e-2, momentum=None, nesterov=False,
+                weight_decay=0.0, batch_size=16, epochs=3, schedule="cosine", schedule_params=None, clean=None,
+                split="usage", augment="light")
+def _tiny(num_classes: int = 7, **kw):
+    return _Tiny(num_classes, **kw)
+
+
+# The same registration for subprocesses (CLI runs, torchrun): load this file, then run the CLI.
+RUNNER = textwrap.dedent(f"""
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("ferkit_test_train", {str(Path(__file__))!r})
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    from ferkit.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+FAST = ["--arch", TINY, "--no-progress", "--threads", "1", "--batch-size", "16"]
+
+
+@pytest.fixture
+def runner(tmp_path) -> Path:
+    p = tmp_path / "run_ferkit.py"
+    p.write_text(RUNNER)
+    return p
+
+
+def _run(runner: Path, args: list[str], env_extra: dict | None = None, timeout: int = 120):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, str(runner), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------------------------- basic run
+def test_train_writes_run_files_and_learns(tiny_fer_csv, tmp_path, capsys):
+    from ferkit.checkpoint import build_model, load_checkpoint
+    from ferkit.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    run_dir = train(TrainConfig(data=str(tiny_fer_csv), out=str(out), arch=TINY, epochs=6, lr=1e-2, augment="none",
+                                progress=False, threads=1, seed=3))
+    assert run_dir == out
+    for name in ("last.pt", "best.pt", "config.json", "metrics.json", "metrics.csv", "curves.png"):
+        assert (out / name).is_file(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    hist = metrics["history"]
+    assert [r["epoch"] for r in hist] == list(range(1, 7))
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s"}
+    # learning on the learnable synthetic data: loss falls, validation accuracy far above chance (1/7)
+    assert hist[-1]["train_loss"] < 0.7 * hist[0]["train_loss"]
+    assert max(r["val_acc"] for r in hist) > 0.5
+    # cosine schedule: LR decays over the run
+    assert hist[-1]["lr"] < 0.2 * hist[0]["lr"]
+    # best.pt is the epoch of the best validation accuracy, and a contract checkpoint
+    best_epoch = max(hist, key=lambda r: r["val_acc"])["epoch"]
+    assert metrics["best_epoch"] == best_epoch
+    ck = load_checkpoint(out)
+    assert ck["epoch"] == best_epoch and ck["arch"] == TINY and ck["num_classes"] == 7
+    assert ck["labels"][0] == "angry" and ck["preprocess"]["size"] == 48 and ck["config"]["seed"] == 3
+    assert "optimizer" not in ck and "optimizer" in _load(out / "last.pt")
+    model = build_model(ck)
+    assert not model.training
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["data_info"]["data_sha256"] and cfg["optimizer"] == "adam"  # arch default
+
+
+def test_settings_precedence(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, resolve_config
+
+    base = dict(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY)
+    c = resolve_config(TrainConfig(**base))
+    assert (c.optimizer, c.lr, c.batch_size, c.epochs, c.schedule) == ("adam", 1e-2, 16, 3, "cosine")  # arch info
+    assert c.augment["flip"] and c.augment["crop"] == 3  # arch's 'light' preset
+    c = resolve_config(TrainConfig(**base, recipe="cpu-fast"))  # recipe beats arch info, --arch beats recipe's arch
+    assert (c.arch, c.optimizer, c.nesterov, c.schedule, c.label_smoothing) == (TINY, "sgd", True, "onecycle", 0.1)
+    assert c.augment["rotate"] == 10.0 and c.augment["erase"] == 0.25 and c.augment["crop"] == 0
+    c = resolve_config(TrainConfig(**base, recipe="cpu-fast", lr=0.03, augment={"rotate": 5.0}))  # explicit wins
+    assert c.lr == 0.03 and c.augment["rotate"] == 5.0 and c.augment["erase"] == 0.25
+
+
+# ----------------------------------------------------------------------------- kill and resume
+def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner):
+    common = ["--data", str(tiny_fer_csv), *FAST, "--epochs", "4", "--seed", "7", "--augment", "standard",
+              "--mixup", "0.2", "--schedule", "plateau", "--schedule-opt", "patience=0,factor=0.5", "--warmup-epochs", "1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = _run(runner, ["train", *common, "--out", str(full)])
+    assert r.returncode == 0, r.stderr
+    # a crash right after epoch 2's files (SIGKILL: no cleanup of any kind)
+    r = _run(runner, ["train", *common, "--out", str(part)], {"FERKIT_TEST_KILL_AFTER_EPOCH": "2"})
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    assert _load(part / "last.pt")["epoch"] == 2
+    assert not any(p.name.startswith("last.pt.tmp") for p in part.iterdir())
+    r = _run(runner, ["train", "--out", str(part), "--resume", "--no-progress", "--threads", "1"])
+    assert r.returncode == 0, r.stderr
+    assert "resuming after epoch 2" in r.stdout
+    a, b = _load(full / "last.pt"), _load(part / "last.pt")
+    assert a["epoch"] == b["epoch"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in h]
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
+    # a resumed run refuses changed training settings
+    r = _run(runner, ["train", "--out", str(part), "--resume", "--lr", "0.5"])
+    assert r.returncode == 2 and "--resume continues" in r.stderr
+
+
+# -------------------------------------------------------------------------------- data parallel
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(tiny_fer_csv, tmp_path, runner):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
+           "train", "--data", str(tiny_fer_csv), *FAST, "--epochs", "1", "--out", str(out), "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert len(hist) == 1 and 0 <= hist[0]["val_acc"] <= 1
+    assert r.stdout.count("epoch   1/1") == 1  # only rank 0 reports and writes
+    assert _load(out / "last.pt")["rng"]["world_size"] == 2
+
+
+def test_shards_cover_the_epoch_equally():
+    from ferkit.data.balance import epoch_indices, shard
+
+    idx = epoch_indices(np.arange(61) % 7, seed=1, epoch=0)
+    parts = [shard(idx, r, 2) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == 31
+    assert set(np.concatenate(parts)) == set(range(61))
+
+
+# -------------------------------------------------------------------------------- fine-tuning
+def test_init_finetunes_and_replaces_head(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    base = tmp_path / "base"
+    train(TrainConfig(data=str(tiny_fer_csv), out=str(base), arch=TINY, epochs=1, progress=False, threads=1))
+    src = _load(base / "best.pt")["model"]
+    ft = tmp_path / "ft"  # same data, 5 classes instead of 7: a new head, the rest copied
+    train(TrainConfig(data=str(tiny_fer_csv), out=str(ft), init=str(base), label_set="fer5", epochs=1,
+                      lr=1e-9, optimizer="sgd", momentum=0.0, augment="none", progress=False, threads=1))
+    ck = _load(ft / "last.pt")
+    assert ck["num_classes"] == 5 and ck["arch"] == TINY and ck["model"]["fc.weight"].shape == (5, 256)
+    # with a negligible LR the copied conv weights are unchanged
+    assert torch.allclose(ck["model"]["features.0.weight"], src["features.0.weight"], atol=1e-6)
+    with pytest.raises(FerkitError, match="holds a"):
+        train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "x"), init=str(base), arch="vgg", epochs=1))
+
+
+# ------------------------------------------------------------------------------- augmentation
+def test_augment_ops_are_seeded_and_shape_preserving():
+    from ferkit.augment import AugmentConfig, Augmenter, mix_batch, random_affine, random_erasing, random_flip
+
+    x = torch.randn(8, 1, 48, 48)
+    cfg = AugmentConfig(flip=True, crop=3, shift=0.1, scale=0.1, rotate=10, erase=0.5)
+    a = Augmenter(cfg)(x, torch.Generator().manual_seed(1))
+    b = Augmenter(cfg)(x, torch.Generator().manual_seed(1))
+    c = Augmenter(cfg)(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    # flip with p=1 mirrors exactly; the identity warp leaves images unchanged
+    assert torch.equal(random_flip(x, torch.Generator(), p=1.0), x.flip(3))
+    assert torch.allclose(random_affine(x, torch.Generator()), x, atol=1e-5)
+    # a warp with a zoom-in moves pixel values (and the same seed gives the same warp)
+    z1 = random_affine(x, torch.Generator().manual_seed(0), scale=0.3, rotate=20.0)
+    assert not torch.allclose(z1, x, atol=1e-2)
+    assert torch.equal(z1, random_affine(x, torch.Generator().manual_seed(0), scale=0.3, rotate=20.0))
+    # erasing with p=1 zeroes one rectangle per image, nothing else
+    e = random_erasing(x, torch.Generator().manual_seed(0), 1.0, area=(0.1, 0.1))
+    changed = (e != x).flatten(1).sum(1).float()
+    assert torch.all(changed > 0.05 * 2304) and torch.all(changed < 0.2 * 2304)
+    assert torch.all(e[e != x] == 0)
+    # mixup keeps targets summing to one
+    t = torch.nn.functional.one_hot(torch.arange(8) % 7, 7).float()
+    xm, tm = mix_batch(x, t, torch.Generator().manual_seed(0), mixup=0.4, cutmix=1.0)
+    assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(8))
+
+
+def test_balance_weights_and_sampling():
+    from ferkit.data.balance import class_weights, epoch_indices
+
+    y = np.array([0] * 100 + [1] * 10 + [2] * 40)
+    w = class_weights(y, 3)
+    assert w[1] > w[2] > w[0] and abs(w.mean() - 1) < 1e-6
+    assert np.bincount(y[epoch_indices(y, seed=0, epoch=0, mode="over")]).tolist() == [100, 100, 100]
+    assert np.bincount(y[epoch_indices(y, seed=0, epoch=0, mode="under")]).tolist() == [10, 10, 10]
+    assert np.bincount(y[epoch_indices(y, seed=0, epoch=0, mode="under", cap={0: 50})]).tolist() == [50, 10, 40]
+    e0, e0b, e1 = (epoch_indices(y, seed=0, epoch=k, mode="under") for k in (0, 0, 1))
+    assert np.array_equal(e0, e0b) and not np.array_equal(np.sort(e0), np.sort(e1))
+
+
+def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    out = train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "b"), arch=TINY, epochs=1, class_weights="balanced",
+                            sampling="under", sample_cap={"happy": 5}, label_smoothing=0.1, progress=False, threads=1))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["sample_cap"] == {"happy": 5} and cfg["images_per_epoch"] == 60 - 9 + 5
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "no-such-net"], "unknown architecture"),
+    (["--data", "MISSING"], "no such file"),
+    (["--optimizer", "adam", "--nesterov"], "Nesterov"),
+    (["--ferplus-mode", "soft"], "--ferplus-mode needs --ferplus"),
+    (["--epochs", "0"], "epochs"),
+    (["--label-smoothing", "1.5"], "label smoothing"),
+    (["--sample-cap", "5"], "--sample-cap needs"),
+    (["--sampling", "under", "--sample-cap", "nobody=3"], "not in this label set"),
+    (["--precision", "fp16", "--device", "cpu"], "fp16"),
+    (["--resume"], "nothing to resume"),
+    (["--init", "MISSING.pt"], "no such checkpoint"),
+    (["--recipe", "nope"], "unknown recipe"),
+])
+def test_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
+    argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--epochs", "1", "--out", str(tmp_path / "r"),
+            "--no-progress", *args]
+    argv = [str(tmp_path / "nope.csv") if a == "MISSING" else a for a in argv]
+    argv = [str(tmp_path / "nope.pt") if a == "MISSING.pt" else a for a in argv]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_existing_run_needs_resume_or_overwrite(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    cfg = dict(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY, epochs=1, progress=False, threads=1)
+    train(TrainConfig(**cfg))
+    with pytest.raises(FerkitError, match="already holds a run"):
+        train(TrainConfig(**cfg))
+    train(TrainConfig(**cfg, overwrite=True, seed=5))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 5
+
+
+def test_missing_data_option_guard(tiny_fer_csv, tmp_path, monkeypatch):
+    """Options the installed prepare_splits does not know yet give a clear error, not a TypeError."""
+    import ferkit.data
+    from ferkit.data.splits import prepare_splits as original
+    from ferkit.train import TrainConfig, train
+
+    def old_prepare_splits(data, *, label_set="fer7", split="usage", seed=0, skip_bad=False, limit=None):
+        return original(data, label_set=label_set, split=split, seed=seed, skip_bad=skip_bad, limit=limit)
+
+    monkeypatch.setattr(ferkit.data, "prepare_splits", old_prepare_splits)
+    with pytest.raises(FerkitError, match="does not support the 'clean' option"):
+        train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY, epochs=1, clean=["blank"],
+                          progress=False))
+
+
+# ------------------------------------------------------------------------------ real data
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_csv_one_epoch_on_2000_rows(fer2013_csv, tmp_path, runner):
+    out = tmp_path / "real"
+    r = _run(runner, ["train", "--data", str(fer2013_csv), "--arch", TINY, "--epochs", "1", "--limit", "2000",
+                      "--out", str(out), "--no-progress"], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data_info"]["sizes"]["train"] == 2000 and len(cfg["data_info"]["data_sha256"]) == 64
+    for name in ("last.pt", "best.pt", "metrics.json", "metrics.csv", "curves.png"):
+        assert (out / name).is_file()
