@@ -5,7 +5,6 @@ Everything runs on generated fixtures; the tests at the bottom check the real fi
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import subprocess
 import sys
@@ -102,6 +101,7 @@ def test_csv_tolerates_bom_quotes_column_order_and_extra_whitespace(tmp_path):
 BAD_ROWS = {
     "field_count": ("3,{px},Training,extra", "expected 3 comma-separated fields"),
     "pixel_count": ("3,{short},Training", "pixels field has 2303 values"),
+    "pixel_count_double_space": ("3,{short_2sp},Training", "pixels field has 2303 values"),
     "value_256": ("3,{v256},Training", "out of range 0..255"),
     "negative": ("3,{neg},Training", "is not an integer"),
     "non_integer_pixel": ("3,{frac},Training", "is not an integer"),
@@ -115,7 +115,7 @@ BAD_ROWS = {
 def test_csv_malformed_row_is_an_error_naming_the_row_and_skip_bad_counts_it(tmp_path, kind):
     img = face(7)
     tokens = px(img).split(" ")
-    fmt = dict(px=px(img), short=" ".join(tokens[:-1]), v256=" ".join(["256"] + tokens[1:]),
+    fmt = dict(px=px(img), short=" ".join(tokens[:-1]), short_2sp=" ".join(tokens[:-2]) + "  " + tokens[-2], v256=" ".join(["256"] + tokens[1:]),
                neg=" ".join(tokens[:10] + ["-1"] + tokens[11:]), frac=" ".join(tokens[:5] + ["1.5"] + tokens[6:]))
     template, reason = BAD_ROWS[kind]
     good = [f"{i % 7},{px(face(100 + i))},Training" for i in range(5)]
@@ -224,6 +224,8 @@ def test_usage_split_and_label_sets(tiny_fer_csv):
         prepare_splits(tiny_fer_csv, split="kfold")
     with pytest.raises(FerkitError, match="no such file or folder"):
         prepare_splits(str(tiny_fer_csv) + ".missing")
+    pre = prepare_splits(load_fer2013(tiny_fer_csv), label_set="fer6")  # an already loaded CSV works too
+    assert np.array_equal(pre.train.labels, s6.train.labels)
     lim = prepare_splits(tiny_fer_csv, limit=5)
     assert [len(x) for x in (lim.train, lim.val, lim.test)] == [5, 5, 5]
     assert np.array_equal(lim.train.rows, s.train.rows[:5])
@@ -297,6 +299,11 @@ def test_folder_with_val_folder_uses_it(tmp_path):
     assert s.info["split_used"] == "folders"
     r = prepare_splits(str(tmp_path / "fer"), split="random", seed=0)
     assert len(r.train) + len(r.val) + len(r.test) == 45 and r.info["split_used"] == "random"
+    import shutil
+
+    shutil.rmtree(tmp_path / "fer" / "test")  # train + validation only: test is carved from train
+    t = prepare_splits(str(tmp_path / "fer"))
+    assert (len(t.train), len(t.val), len(t.test)) == (27, 6, 3) and "carved test" in t.info["split_used"]
 
 
 def test_flat_folder_gets_random_split_and_images_are_resized(tmp_path):

@@ -624,6 +624,32 @@ def test_originals_are_not_kept_by_default(server):
     assert_error(server.client.get(f"/api/v1/results/{r['id']}/original"), 404, "original_not_kept")
 
 
+def test_overload_answers_503_and_recovers(tmp_path):
+    """One analysis slot, one waiting place, 0.8 s per analysis: of 5 simultaneous requests at most 2 can be
+    served, the rest get 503 with Retry-After at once; afterwards the server serves normally."""
+    srv = Server(tmp_path / "data", "--max-concurrency", "1", "--max-queue", "1", env={"FERKIT_FAKE_DELAY_MS": "800"})
+    try:
+        data = encode(scene())
+        out: list = []
+
+        def one():
+            with httpx.Client(base_url=srv.base, timeout=30) as c:
+                out.append(upload(c, data))
+
+        threads = [threading.Thread(target=one) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(r.status_code for r in out)
+        busy = [r for r in out if r.status_code == 503]
+        assert 1 <= codes.count(200) <= 2 and len(busy) == 5 - codes.count(200), codes
+        assert busy[0].json()["error"] == "server_busy" and busy[0].headers["retry-after"] == "1"
+        assert upload(srv.client, data).status_code == 200
+    finally:
+        srv.stop()
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_store(tmp_path):
     srv = Server(tmp_path / "data", "--workers", "2")
@@ -736,3 +762,16 @@ def test_real_pipeline_on_a_photo(tmp_path, request):
         assert found >= 1
     finally:
         srv.stop()
+
+
+def test_server_never_imports_torch(tmp_path):
+    code = (
+        "import sys; from ferkit.server import create_app, ServerSettings; "
+        "from ferkit.server.fake import BlobAnalyzer; import ferkit.commands.serve; "
+        f"create_app(ServerSettings(data_dir={str(tmp_path)!r}), analyzer=BlobAnalyzer()); "
+        "import ferkit.server.analysis, ferkit.server.fetch, ferkit.server.imaging; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

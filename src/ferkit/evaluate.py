@@ -111,13 +111,21 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
     if seed is None:
         seed = int(lm.data_info.get("seed") or 0)
     label_set = lm.label_set or "fer7"
+    if label_set == "ferplus8" and not splits_kwargs.get("ferplus"):
+        recorded = (lm.data_info.get("ferplus") or {}).get("path")
+        if recorded and os.path.isfile(recorded) and not os.path.isdir(str(data)):
+            splits_kwargs = {**splits_kwargs, "ferplus": recorded}
     splits = prepare_splits(str(data), label_set=label_set, split=method, seed=seed, limit=limit, **splits_kwargs)
     if tuple(splits.labels) != tuple(lm.labels):
         raise FerkitError(
             f"the model's labels {list(lm.labels)} differ from label set {label_set!r} {list(splits.labels)}"
         )
-    return splits.get(split), {"data": str(data), "data_sha256": splits.info.get("data_sha256"),
-                               "split_method": method, "seed": seed}
+    meta = {"data": str(data), "data_sha256": splits.info.get("data_sha256"), "split_method": method, "seed": seed}
+    if splits.info.get("ferplus"):
+        meta["ferplus"] = splits.info["ferplus"]
+    if splits.info.get("cleaning"):
+        meta["cleaning"] = splits.info["cleaning"]
+    return splits.get(split), meta
 
 
 def evaluate(
@@ -144,7 +152,9 @@ def evaluate(
         PublicTest; PrivateTest is the final test.
     tta: None = the model's default, else 'none' / 'flip' / 'tencrop' (True = 'tencrop').
     split_method, seed: how to split a CSV (default: what the model was trained with, else ``usage``).
-    limit: first ``limit`` rows of each split (quick checks). Other keyword arguments go to ``prepare_splits``.
+    limit: first ``limit`` rows of each split (quick checks). Other keyword arguments go to ``prepare_splits``
+        (``ferplus=`` path of fer2013new.csv, needed for FER+ models and defaulting to the one recorded at
+        training time; ``clean=`` rules, off by default so the test split stays complete).
     return_probs: also return ``probs`` (N, C) float32 and ``y_true`` (N,) arrays (not JSON).
 
     Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,

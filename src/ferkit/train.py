@@ -428,6 +428,8 @@ def _setup_runtime(cfg: TrainConfig) -> Runtime:
         if not torch.cuda.is_available():
             raise FerkitError("--device cuda was asked for but this torch sees no CUDA GPU; use --device cpu or auto")
         device = torch.device(f"cuda:{local_rank}" if world > 1 and want == "cuda" else want)
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -641,14 +643,18 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
     _write_atomic(path, buf.getvalue())
 
 
-def _prepare_run_dir(cfg: TrainConfig) -> Path:
+def _check_run_dir(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FerkitError(f"--out {out} is a file; choose a directory for the run")
-    if (out / "last.pt").exists():
-        if not cfg.overwrite:
-            raise FerkitError(f"{out} already holds a run (last.pt); continue it with --resume, replace it with "
-                              f"--overwrite, or choose another --out")
+    if (out / "last.pt").exists() and not cfg.overwrite:
+        raise FerkitError(f"{out} already holds a run (last.pt); continue it with --resume, replace it with "
+                          f"--overwrite, or choose another --out")
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out)
+    if (out / "last.pt").exists() and cfg.overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -682,8 +688,10 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     from .models import count_parameters, create_model
 
     run_dir = Path(cfg.out)
-    if rt.main and resume_ckpt is None:
-        _prepare_run_dir(cfg)
+    if resume_ckpt is None:
+        _check_run_dir(cfg)  # every process, so that all of them stop on a user error
+        if rt.main:
+            _prepare_run_dir(cfg)
     if rt.world_size > 1:
         import torch.distributed as dist
 
@@ -700,7 +708,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     train_x = torch.from_numpy(prepare_faces(splits.train.images, spec)).to(data_device)
     train_y = torch.from_numpy(np.asarray(splits.train.labels, np.int64)).to(data_device)
     train_soft = None
-    if cfg.ferplus_mode == "soft" and splits.train.soft is not None:
+    if cfg.ferplus_mode == "soft":
+        if splits.train.soft is None:
+            raise FerkitError("soft FER+ targets were asked for but the data loader returned none")
         train_soft = torch.from_numpy(np.asarray(splits.train.soft, np.float32)).to(data_device)
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)

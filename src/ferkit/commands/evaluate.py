@@ -22,6 +22,10 @@ def register(subparsers) -> None:
     tta.add_argument("--tta", nargs="?", const="tencrop", default=None, choices=("none", "flip", "tencrop"),
                      help="test-time augmentation (bare --tta = tencrop; default: the model's own setting)")
     tta.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="no test-time augmentation")
+    p.add_argument("--ferplus", default=None,
+                   help="FER+ fer2013new.csv for a FER+ (ferplus8) model (default: the path recorded at training)")
+    p.add_argument("--clean", default=None,
+                   help="comma-separated cleaning rules applied before splitting (default: none, the full split)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
@@ -37,11 +41,17 @@ def run(args: argparse.Namespace) -> int:
 
     from ..evaluate import evaluate, format_report, save_report
 
+    extra = {}
+    if args.ferplus:
+        extra["ferplus"] = args.ferplus
+    if args.clean:
+        extra["clean"] = [r.strip() for r in args.clean.split(",") if r.strip()]
     # In --json mode stdout carries exactly one JSON object: anything a library prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         result = evaluate(
             args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, threads=args.threads,
             split_method=args.split_method, seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
+            **extra,
         )
         written = save_report(result, args.out) if args.out else []
     if args.json:

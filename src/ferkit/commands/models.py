@@ -106,7 +106,7 @@ def _table(rows: list[dict]) -> str:
     body = [[r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", r["label_set"], r["recipe"],
              str(r.get("reported_accuracy") or "-")] for r in rows]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i != 1 and i != 2 else c.rjust(w) for i, (c, w) in enumerate(zip(x, widths)))
+    lines = ["  ".join(c.rjust(w) if i in (1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip()
              for x in [head] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

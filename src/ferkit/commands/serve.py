@@ -15,30 +15,32 @@ def register(subparsers) -> None:
             "--data-dir; derived images are deleted after --retention-hours. Needs the serve extra: "
             "pip install 'ferkit[serve]'."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 exposes it to your network)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port")
-    p.add_argument("--workers", type=int, default=1, help="worker processes; each loads the model once")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to your network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes; each loads the model once (default 1)")
     p.add_argument("--data-dir", default=None,
                    help="where results live (default: $FERKIT_SERVER_DATA or ~/.local/share/ferkit/server)")
     p.add_argument("--keep-uploads", action="store_true", help="also keep the original images (deleted with the rest)")
     p.add_argument("--retention-hours", type=float, default=24.0,
-                   help="delete annotated images and thumbnails this many hours after the analysis")
+                   help="delete annotated images and thumbnails this many hours after the analysis (default 24)")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let {\"url\": ...} fetch from loopback/private/link-local addresses (off: SSRF protection)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload or fetched image, MiB")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload or fetched image, MiB (default 20)")
     p.add_argument("--max-megapixels", type=float, default=50.0,
-                   help="largest image (width x height, millions of pixels), checked before decoding")
-    p.add_argument("--url-timeout", type=float, default=10.0, help="seconds allowed to fetch one image URL")
+                   help="largest image (width x height, millions of pixels), checked before decoding (default 50)")
+    p.add_argument("--url-timeout", type=float, default=10.0, help="seconds allowed to fetch one image URL (default 10)")
     p.add_argument("--model", default=None, help="an .onnx from `ferkit export` or a bundled model name (default: bundled)")
     p.add_argument("--detector", default=None, help="face detector name (default: the pipeline's choice)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="analyses running at once in each worker")
-    p.add_argument("--cleanup-interval", type=float, default=600.0, help="seconds between sweeps of expired images")
+    p.add_argument("--max-concurrency", type=int, default=2, help="analyses running at once in each worker (default 2)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests allowed to wait for an analysis in each worker; beyond it the answer is 503 (default 64)")
+    p.add_argument("--cleanup-interval", type=float, default=600.0, help="seconds between sweeps of expired images (default 600)")
     p.add_argument("--analyzer", default=None, metavar="MODULE:NAME",
                    help="advanced: use a custom analyzer (an object with analyze(image_bgr), or a zero-argument "
                         "factory), e.g. ferkit.server.fake:BlobAnalyzer for a model-free demo")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level (default info)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +68,7 @@ def run(args) -> int:
         retention_hours=args.retention_hours, allow_private_urls=args.allow_private_urls,
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=int(args.max_megapixels * 1_000_000),
         url_timeout_s=args.url_timeout, model=args.model, detector=args.detector, analyzer=args.analyzer,
-        max_concurrency=args.max_concurrency, cleanup_interval_s=args.cleanup_interval,
+        max_concurrency=args.max_concurrency, max_queue=args.max_queue, cleanup_interval_s=args.cleanup_interval,
     )
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

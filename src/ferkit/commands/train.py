@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..errors import FerkitError
 
@@ -167,5 +168,6 @@ def handle(args) -> int:
     from ..train import train
 
     run_dir = train(config_from_args(args))
-    print(f"run directory: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only process 0 reports
+        print(f"run directory: {run_dir}")
     return 0

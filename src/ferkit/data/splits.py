@@ -188,7 +188,7 @@ def prepare_splits(
             idx = [np.flatnonzero((fd.split == k) & keep) for k in range(3)]
             missing = [k for k in (1, 2) if len(np.flatnonzero(fd.split == k)) == 0]
             if missing:
-                fractions = (0.9, 0.1) if missing == [1] else (0.8, 0.1, 0.1)
+                fractions = (0.9, 0.1) if len(missing) == 1 else (0.8, 0.1, 0.1)
                 parts = stratified_split(y[idx[0]], fractions=fractions, seed=seed)
                 pool = idx[0]
                 idx[0] = pool[parts[0]]

@@ -40,8 +40,9 @@ class BasicBlock(nn.Module):
 class FastRes(nn.Module):
     """Stem (3x3 conv, ``stem`` channels, stride ``stem_stride``) then one stage per (width, blocks).
 
-    The first block of every stage but the first (when ``stem_stride`` == 1... see ``first_stride``)
-    downsamples by 2. Head: global average pooling -> dropout -> linear.
+    The first block of each stage halves the resolution (the first stage's uses ``first_stride``, so
+    ``first_stride=1`` keeps a stage at the stem's resolution). With the defaults a 48x48 face goes
+    48 (stem) -> 24 -> 12 -> 6 -> 3. Head: global average pooling -> dropout -> linear.
     """
 
     def __init__(

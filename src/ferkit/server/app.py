@@ -84,7 +84,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         415: "not an image, or an unsupported image type or request content type",
         422: "empty, truncated or corrupt image, or an invalid request",
         502: "the URL could not be fetched",
-        503: "the model is not loaded yet",
+        503: "the model is not loaded yet, or too many requests are waiting",
         504: "the URL took too long",
     }.items()
 }
@@ -247,6 +247,7 @@ class ServerState:
         self.analyzer_error: str | None = None
         self.started = time.monotonic()
         self.slots = asyncio.Semaphore(settings.max_concurrency)
+        self.waiting = 0  # requests waiting for a slot (event-loop only, so no lock needed)
 
     # runs in a worker thread
     def process(self, data: bytes, *, source: str, source_name: str | None, persist: bool) -> dict[str, Any]:
@@ -402,7 +403,8 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error_response(exc.status, exc.code, exc.message)
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return _error_response(exc.status, exc.code, exc.message, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -426,7 +428,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
         return _error_response(500, "internal_error", "the server failed on this request (see its log); "
                                                       "it keeps serving other requests")
 
-    api = APIRouter(prefix=API_PREFIX, tags=["analysis"])
+    api = APIRouter(prefix=API_PREFIX)
 
     analyze_body = {
         "requestBody": {
@@ -444,7 +446,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
     }
 
     @api.post(
-        "/analyze", response_model=AnalysisOut, responses=ERROR_RESPONSES, openapi_extra=analyze_body,
+        "/analyze", response_model=AnalysisOut, responses=ERROR_RESPONSES, openapi_extra=analyze_body, tags=["analysis"],
         summary="Analyse an image: find faces and their emotions",
     )
     async def analyze(
@@ -488,8 +490,17 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
                 f"unsupported request content type {media or '(none)'!r}; send multipart/form-data with a `file` "
                 'field, the raw image with an image/* content type, or JSON {"url": "https://..."}',
             )
-        async with state.slots:  # at most max_concurrency analyses at once in this worker
+        if state.slots.locked() and state.waiting >= settings.max_queue:
+            raise ApiError(503, "server_busy", f"the server is busy ({state.waiting} requests waiting); retry in a moment")
+        state.waiting += 1
+        try:
+            await state.slots.acquire()  # at most max_concurrency analyses at once in this worker, FIFO
+        finally:
+            state.waiting -= 1
+        try:
             row = await run_in_threadpool(state.process, data, source=source, source_name=name, persist=persist)
+        finally:
+            state.slots.release()
         return _result_out(row, stored=persist, root=request.scope.get("root_path", ""))
 
     def _get_row(result_id: str) -> StoredResult:
@@ -508,7 +519,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
             raise ApiError(404, "image_not_found", "this image does not exist for this result")
         return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
 
-    @api.get("/results", response_model=ResultsPage, summary="Recent results, newest first")
+    @api.get("/results", response_model=ResultsPage, tags=["results"], summary="Recent results, newest first")
     def list_results(
         request: Request,
         limit: int = Query(20, ge=1, le=100, description="results per page"),
@@ -525,21 +536,21 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
         return ResultsPage(items=[_summary(r, root) for r in rows], total=total, limit=limit,
                            next_cursor=str(rows[-1].seq) if more else None)
 
-    @api.get("/results/{result_id}", response_model=AnalysisOut, responses={404: {"model": ErrorOut}},
+    @api.get("/results/{result_id}", response_model=AnalysisOut, tags=["results"], responses={404: {"model": ErrorOut}},
              summary="One stored result")
     def get_result(result_id: str, request: Request) -> AnalysisOut:
         return _result_out(_get_row(result_id), stored=True, root=request.scope.get("root_path", ""))
 
     png = {"content": {"image/png": {}}, "description": "PNG image"}
 
-    @api.get("/results/{result_id}/annotated", response_class=FileResponse,
+    @api.get("/results/{result_id}/annotated", response_class=FileResponse, tags=["results"],
              responses={200: png, 404: {"model": ErrorOut}, 410: {"model": ErrorOut}},
              summary="The image with face boxes and emotion labels (PNG)")
     def get_annotated(result_id: str):
         row = _get_row(result_id)
         return _image_file(row, state.store.annotated_path(row.id))
 
-    @api.get("/results/{result_id}/faces/{index}/thumbnail", response_class=FileResponse,
+    @api.get("/results/{result_id}/faces/{index}/thumbnail", response_class=FileResponse, tags=["results"],
              responses={200: png, 404: {"model": ErrorOut}, 410: {"model": ErrorOut}},
              summary="Square crop of one face (PNG)")
     def get_thumbnail(result_id: str, index: int):
@@ -548,7 +559,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
             raise ApiError(404, "face_not_found", f"result {row.id} has {len(row.faces)} faces; no face {index}")
         return _image_file(row, state.store.thumbnail_path(row.id, index))
 
-    @api.get("/results/{result_id}/original", response_class=FileResponse,
+    @api.get("/results/{result_id}/original", response_class=FileResponse, tags=["results"],
              responses={404: {"model": ErrorOut}, 410: {"model": ErrorOut}},
              summary="The original image (only kept with --keep-uploads)")
     def get_original(result_id: str):
@@ -557,7 +568,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
             raise ApiError(404, "original_not_kept", "the original is not kept (start the server with --keep-uploads)")
         return _image_file(row, state.store.original_path(row.id, row.original_ext or ".bin"))
 
-    @api.delete("/results/{result_id}", status_code=204, response_class=Response,
+    @api.delete("/results/{result_id}", status_code=204, response_class=Response, tags=["results"],
                 responses={404: {"model": ErrorOut}}, summary="Delete a result and its images")
     def delete_result(result_id: str):
         if not state.store.delete(result_id):

@@ -7,7 +7,8 @@ Order of checks in :func:`decode_image` (each failure is an :class:`ImageError` 
    (text, HTML, PDF, SVG, HEIC, ...) -> 415;
 3. the header is parsed *without decoding pixels* (Pillow's lazy open); width*height over the limit -> 413
    (decompression bombs: a 20 kB PNG can claim 100,000 x 100,000 pixels);
-4. full decode; a truncated or corrupt file -> 422;
+4. full decode by :func:`ferkit.io.decode_image` (the decoder ``ferkit predict`` uses, so the server and the
+   CLI see the same pixels); when it refuses the data, Pillow tries, and a truncated or corrupt file -> 422;
 5. EXIF orientation applied; any mode (gray, RGBA, palette, 16-bit, CMYK) converted to 8-bit BGR.
 """
 from __future__ import annotations
@@ -170,7 +171,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
             )
         real = _FORMAT_ALIASES.get(img.format or "", img.format or fmt)
         if real not in SUPPORTED_FORMATS:
+            img.close()
             raise ImageError(415, "unsupported_media_type", f"{img.format} images are not supported")
+        shared = _shared_decode(data)  # the same decoder as `ferkit predict`, so both see the same pixels
+        if shared is not None:
+            img.close()
+            return DecodedImage(bgr=shared, format=real, media_type=_MEDIA_TYPES[real])
         try:
             img.load()
             # orientation from EXIF (phones store rotated sensors); decode errors here are corruption too
@@ -188,8 +194,23 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
     return DecodedImage(bgr=np.ascontiguousarray(bgr), format=real, media_type=_MEDIA_TYPES[real])
 
 
-def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
-    """uint8 BGR (or gray) array -> PNG bytes (compression 0-9: 3 is fast and still small)."""
+def _shared_decode(data: bytes) -> np.ndarray | None:
+    """Decode with :func:`ferkit.io.decode_image` (OpenCV; EXIF orientation; truncation detected). None when
+    that module is missing or refuses the data, in which case Pillow decodes (and reports corruption)."""
+    try:
+        from ..io import decode_image as io_decode
+    except ImportError:  # pragma: no cover - ferkit.io is part of the package
+        return None
+    from ..errors import FerkitError
+
+    try:
+        return io_decode(data, "the image")
+    except FerkitError:
+        return None
+
+
+def encode_png(image: np.ndarray, compression: int = 1) -> bytes:
+    """uint8 BGR (or gray) array -> PNG bytes (compression 0-9: 1 is fastest with real compression)."""
     ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
     if not ok:  # pragma: no cover - cv2 fails only on invalid arrays
         raise RuntimeError("PNG encoding failed")

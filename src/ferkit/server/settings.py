@@ -44,6 +44,7 @@ class ServerSettings:
     - ``model`` / ``detector``: passed to the ferkit pipeline (None = bundled default model / auto detector).
     - ``analyzer``: ``"module:attr"`` of a custom analyzer object or factory (tests, plug-ins); None = ferkit's.
     - ``max_concurrency``: analyses running at once in one worker (more requests wait in line).
+    - ``max_queue``: requests allowed to wait for an analysis slot in one worker; beyond it 503 (overload).
     - ``cleanup_interval_s``: how often expired images are swept (also swept, throttled, on requests).
     - ``annotated_max_side``: the annotated PNG is downscaled so its longer side is at most this many pixels.
     - ``thumbnail_size``: side of the square face thumbnails, pixels.
@@ -61,6 +62,7 @@ class ServerSettings:
     detector: str | None = None
     analyzer: str | None = None
     max_concurrency: int = 2
+    max_queue: int = 64
     cleanup_interval_s: float = 600.0
     annotated_max_side: int = 2048
     thumbnail_size: int = 128
@@ -79,6 +81,8 @@ class ServerSettings:
             raise FerkitError(f"the redirect limit cannot be negative, got {self.url_max_redirects}")
         if self.max_concurrency < 1:
             raise FerkitError(f"max concurrency must be at least 1, got {self.max_concurrency}")
+        if self.max_queue < 0:
+            raise FerkitError(f"the queue limit cannot be negative, got {self.max_queue}")
         if not self.cleanup_interval_s > 0:
             raise FerkitError(f"the cleanup interval must be positive, got {self.cleanup_interval_s}")
 
