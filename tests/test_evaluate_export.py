@@ -270,6 +270,19 @@ def test_evaluate_errors(tiny_run, tmp_path):
         evaluate(tmp_path / "missing.onnx", csv)
 
 
+def test_evaluate_follows_the_models_split_method(tiny_run):
+    """A model trained on a random 80/10/10 split is tested on that split's test part, not on PrivateTest."""
+    csv, run, _, _ = tiny_run
+    ckpt = load_checkpoint(run)
+    ckpt["data"] = {**ckpt["data"], "split": "random", "seed": 3}
+    res = evaluate(ckpt, csv, split="test")
+    expected = prepare_splits(str(csv), split="random", seed=3).test
+    assert res["split_method"] == "random" and res["seed"] == 3
+    assert res["n"] == len(expected) != 42
+    assert [res["true_counts"][lab] for lab in res["labels"]] == np.bincount(expected.labels, minlength=7).tolist()
+    assert evaluate(ckpt, csv, split="test", split_method="usage")["n"] == 42
+
+
 def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
     csv, run, onnx_path, _ = tiny_run
     res = evaluate(onnx_path, csv, split="PrivateTest")

@@ -62,7 +62,7 @@ def load_model(model, *, threads: int | None = None) -> LoadedModel:
         prov = clf.metadata.get("provenance") or {}
         return LoadedModel(
             forward=clf.forward, labels=clf.labels, spec=clf.spec, label_set=clf.label_set,
-            default_tta=clf.default_tta, kind="onnx",
+            default_tta=clf.tta, kind="onnx",  # a passed-in classifier keeps its own TTA choice
             name=str(model) if isinstance(model, (str, os.PathLike)) else str(clf.path),
             arch=clf.metadata.get("arch"), data_info=prov.get("data") or {},
         )
@@ -106,7 +106,7 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         return data.get(split), {"data": info.get("data"), "data_sha256": info.get("data_sha256"),
                                  "split_method": info.get("split")}
     if not isinstance(data, (str, os.PathLike)):
-        raise FerkitError(f"data must be a CSV path, Splits or Subset, got {type(data).__name__}")
+        raise FerkitError(f"data must be a FER2013 CSV or image-folder path, Splits or Subset, got {type(data).__name__}")
     method = split_method or lm.data_info.get("split") or "usage"
     if seed is None:
         seed = int(lm.data_info.get("seed") or 0)
@@ -147,7 +147,8 @@ def evaluate(
 
     model: run directory, checkpoint file or dict (torch); ``.onnx`` path, bundled model name or
         EmotionClassifier (onnxruntime, no torch).
-    subset_or_data: a FER2013 CSV path (loaded with the model's label set), a ``Splits`` or a ``Subset``.
+    subset_or_data: a FER2013 CSV or image-folder path (loaded with the model's label set), a ``Splits``
+        or a ``Subset``.
     split: Training / PublicTest / PrivateTest (or train / val / test). Model selection belongs on
         PublicTest; PrivateTest is the final test.
     tta: None = the model's default, else 'none' / 'flip' / 'tencrop' (True = 'tencrop').

@@ -93,6 +93,8 @@ def checkpoint_provenance(ckpt: dict) -> dict[str, Any]:
         "best_val_acc": ckpt.get("best_val_acc"),
         "best_metrics": best_record,
         "last_metrics": history[-1] if history else None,
+        "train_time_s": round(sum(float(r.get("epoch_time_s") or 0) for r in history if isinstance(r, dict)), 1)
+        if history else None,
         "checkpoint": os.path.basename(str(ckpt.get("path", ""))) or None,
         "ferkit_version": __version__,
     })

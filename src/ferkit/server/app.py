@@ -169,7 +169,7 @@ async def read_multipart_image(request: Request, boundary: bytes, limit: int) ->
 
     too_large = _too_large(limit)
     state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "is_image": False, "image": None,
-                             "filename": None, "size": 0}
+                             "filename": None}
     image = bytearray()
 
     def on_part_begin():
