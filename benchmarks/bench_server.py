@@ -90,12 +90,12 @@ def default_image(fake: bool) -> tuple[bytes, str]:
     return buf.tobytes(), "generated 640x480 JPEG"
 
 
-def real_model_available() -> bool:
+def real_model_available(model: str | None = None) -> bool:
     try:
         from ferkit import pipeline  # noqa: F401
         from ferkit.runtime import resolve_model_path
 
-        resolve_model_path(None)
+        resolve_model_path(model)
         return True
     except Exception:  # noqa: BLE001
         return False
@@ -157,6 +157,10 @@ def bench_http(args, image: bytes, data_dir: Path) -> dict:
            "--workers", str(args.workers), "--log-level", "warning", "--max-concurrency", str(args.max_concurrency)]
     if args.analyzer:
         cmd += ["--analyzer", args.analyzer]
+    if args.max_requests is not None:
+        cmd += ["--max-requests", str(args.max_requests)]
+    if args.model:
+        cmd += ["--model", args.model]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
@@ -185,7 +189,19 @@ def bench_http(args, image: bytes, data_dir: Path) -> dict:
             r = clients[i].post("/api/v1/analyze", files=files())
             return r.status_code == 200
 
+        samples: list[float] = []
+        sampling = threading.Event()
+
+        def sample() -> None:  # the server's RSS once a second, to tell a plateau from a leak
+            while not sampling.wait(1.0):
+                samples.append(tree_mb(proc.pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         result = run_threads(args.clients, args.duration, call)
+        sampling.set()
+        sampler.join()
+        result["rss_samples"] = samples
         result["rss_start"] = rss_start
         result["rss_end"] = tree_mb(proc.pid, "VmRSS")
         result["rss_peak"] = tree_mb(proc.pid, "VmHWM")
@@ -208,7 +224,7 @@ def bench_in_process(args, image: bytes, data_dir: Path) -> tuple[dict, dict]:
     from ferkit.server.imaging import decode_image
     from ferkit.server.settings import ServerSettings
 
-    settings = ServerSettings(data_dir=data_dir, analyzer=args.analyzer)
+    settings = ServerSettings(data_dir=data_dir, analyzer=args.analyzer, model=args.model)
     analyzer = load_analyzer(settings)
     state = ServerState(settings, analyzer)
     for _ in range(3):
@@ -237,21 +253,25 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=30.0, help="seconds per row")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--max-concurrency", type=int, default=2, help="analyses at once per worker (server default 2)")
+    p.add_argument("--max-requests", type=int, default=None,
+                   help="the server's --max-requests (worker recycling; default: the server's default)")
     p.add_argument("--image", type=Path, default=None, help="image to post (default: first faces-dev photo)")
+    p.add_argument("--model", default=None, help="an .onnx for the server and the baseline (default: bundled)")
     p.add_argument("--analyzer", default=None, help=f"MODULE:NAME analyzer (default: ferkit's; {FAKE} if no model)")
     p.add_argument("--skip-baseline", action="store_true")
     args = p.parse_args()
 
-    if args.analyzer is None and not real_model_available():
+    if args.analyzer is None and not real_model_available(args.model):
         print("note: ferkit.pipeline / the bundled model is not available; using the stand-in analyzer", FAKE)
         args.analyzer = FAKE
     image, image_name = (args.image.read_bytes(), str(args.image)) if args.image else default_image(args.analyzer == FAKE)
     tmp = Path(tempfile.mkdtemp(prefix="ferkit-bench-"))
     try:
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-              f"image: {image_name} ({len(image):,} bytes); analyzer: {args.analyzer or 'ferkit default pipeline'}")
+              f"image: {image_name} ({len(image):,} bytes); analyzer: {args.analyzer or 'ferkit pipeline, model ' + (args.model or 'bundled default')}")
+        recycle = "server default" if args.max_requests is None else args.max_requests
         print(f"{args.clients} clients x {args.duration:g} s per row; server: {args.workers} worker(s), "
-              f"max {args.max_concurrency} analyses at once per worker\n")
+              f"max {args.max_concurrency} analyses at once per worker, --max-requests {recycle}\n")
         http = bench_http(args, image, tmp / "http")
         rows = [("http (ferkit serve)", http)]
         if not args.skip_baseline:
@@ -267,6 +287,12 @@ def main() -> int:
         growth = http["rss_end"] - http["rss_start"]
         print(f"server memory: RSS after warm-up {http['rss_start']:.0f} MB, at the end {http['rss_end']:.0f} MB "
               f"({growth:+.0f} MB, {100 * growth / max(http['rss_start'], 1):+.1f}%), peak {http['rss_peak']:.0f} MB")
+        samples = http["rss_samples"]
+        if len(samples) >= 4:
+            q = [samples[int(f * (len(samples) - 1))] for f in (0.25, 0.5, 0.75, 1.0)]
+            half = samples[len(samples) // 2:]
+            print(f"server RSS at 25/50/75/100% of the run: {' / '.join(f'{v:.0f}' for v in q)} MB; "
+                  f"second half of the run: {min(half):.0f}-{max(half):.0f} MB")
         return 0 if http["errors"] == 0 else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,7 @@
 bf16 autocast + channels-last, and the wall time of the quick `--limit 2000` one-epoch run.
 
     .venv/bin/python benchmarks/bench_train.py [--data ../shared/data/fer2013/fer2013.csv.gz]
-        [--arch fastres_s] [--variants fp32,fp32-cl,bf16,bf16-cl] [--limit N]
+        [--arch fastres_s] [--variants fp32,bf16-cl] [--batch-size N] [--limit N]
 
 Each variant runs ``ferkit.train.train`` for one epoch (the real loop: augmentation, optimiser, validation
 on PublicTest) and reads ``epoch_time_s`` from metrics.json; ratios are against the first variant measured
@@ -29,12 +29,12 @@ VARIANTS = {
 }
 
 
-def one_epoch(data: str, arch: str, variant: str, limit: int | None) -> dict:
+def one_epoch(data: str, arch: str, variant: str, limit: int | None, batch_size: int | None) -> dict:
     from ferkit.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train(TrainConfig(data=data, arch=arch, out=tmp, epochs=1, limit=limit, progress=False, seed=0,
+        train(TrainConfig(data=data, arch=arch, out=tmp, epochs=1, limit=limit, progress=False, seed=0, batch_size=batch_size,
                           augment="standard", **VARIANTS[variant]))
         wall = time.perf_counter() - t0
         rec = json.loads((Path(tmp) / "metrics.json").read_text())["history"][0]
@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--arch", default="fastres_s")
     ap.add_argument("--variants", default="fp32,bf16-cl")
     ap.add_argument("--limit", type=int, default=None, help="rows per split (default: the full Training split)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the architecture's recipe")
     ap.add_argument("--skip-quick", action="store_true", help="skip the --limit 2000 CLI wall-time row")
     args = ap.parse_args()
     if not Path(args.data).is_file():
@@ -66,12 +67,12 @@ def main() -> None:
     from ferkit.data import load_fer2013
 
     load_fer2013(args.data)  # parse once so no row below pays for it
-    print(f"# {args.arch}, one epoch on {'the full Training split' if not args.limit else f'{args.limit} rows'} "
+    print(f"# {args.arch}, batch {args.batch_size or 'default'}, one epoch on {'the full Training split' if not args.limit else f'{args.limit} rows'} "
           f"+ PublicTest validation; torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average before: {os.getloadavg()[0]:.2f}")
     rows = []
     for v in args.variants.split(","):
-        r = one_epoch(args.data, args.arch, v, args.limit)
+        r = one_epoch(args.data, args.arch, v, args.limit, args.batch_size)
         rows.append((v, r))
         print(f"  measured {v}: {r}", flush=True)
     base = rows[0][1]["epoch_s"]

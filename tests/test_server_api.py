@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import json
 import os
 import signal
 import socket
@@ -58,7 +57,8 @@ class Server:
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         self.log = open(self.log_path, "wb")
         full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
+                                     start_new_session=True)  # its own process group: kill() takes the workers too
         self.client = httpx.Client(base_url=self.base, timeout=30.0)
         deadline = time.monotonic() + 60
         while True:
@@ -74,11 +74,29 @@ class Server:
                 raise RuntimeError(f"server did not start:\n{self.log_path.read_text(errors='replace')}")
             time.sleep(0.1)
 
+    def pids(self) -> list[int]:
+        """The supervisor and its worker processes."""
+        out = [self.proc.pid]
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if os.getpgid(int(d.name)) == self.proc.pid:
+                        out.append(int(d.name))
+                except OSError:
+                    pass
+        return sorted(set(out))
+
     def rss_peak_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        """Peak resident memory (VmHWM) summed over the server's processes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
 
     def stop(self) -> None:
         self.client.close()
@@ -92,7 +110,7 @@ class Server:
         self.log.close()
 
     def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: a crash, no cleanup
+        os.killpg(self.proc.pid, signal.SIGKILL)  # a crash of every server process at once, no cleanup
         self.proc.wait(10)
         self.client.close()
         self.log.close()
@@ -580,7 +598,7 @@ def test_crash_mid_request_loses_nothing_acknowledged(tmp_path):
     time.sleep(0.6)  # the second request is inside the 1.5 s analysis
     srv.kill()
     t.join(30)
-    assert "error" in outcome  # never acknowledged
+    assert "error" in outcome  # every server process died mid-analysis: never acknowledged
 
     srv = Server(data_dir)
     try:
@@ -648,6 +666,41 @@ def test_overload_answers_503_and_recovers(tmp_path):
         assert upload(srv.client, data).status_code == 200
     finally:
         srv.stop()
+
+
+def test_workers_are_recycled_after_max_requests_without_errors(tmp_path):
+    """--max-requests 4: the worker exits after ~4 requests and the supervisor starts a fresh one (this bounds
+    memory that native code leaks); clients see only successful answers, from more than one worker pid."""
+    srv = Server(tmp_path / "data", "--max-requests", "4")
+    try:
+        data = encode(scene())
+        pids, codes = set(), []
+        for _ in range(8):
+            codes.append(upload(srv.client, data).status_code)
+            pids.add(srv.client.get("/api/v1/health").json()["pid"])
+        assert codes == [200] * 8
+        assert len(pids) >= 2, pids
+        assert srv.client.get("/api/v1/results").json()["total"] == 8
+    finally:
+        srv.stop()
+
+
+def test_killing_the_supervisor_takes_the_workers_down(tmp_path):
+    srv = Server(tmp_path / "data")
+    worker = srv.client.get("/api/v1/health").json()["pid"]
+    assert worker != srv.proc.pid
+    srv.proc.kill()  # SIGKILL to the supervisor only
+    srv.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{worker}/status").read_text() if Path(f"/proc/{worker}").exists() else ""
+        if "State:\tZ" in status:
+            break
+        time.sleep(0.1)
+    alive = Path(f"/proc/{worker}").exists() and "State:\tZ" not in Path(f"/proc/{worker}/status").read_text()
+    srv.client.close()
+    srv.log.close()
+    assert not alive, "the worker outlived its supervisor"
 
 
 @pytest.mark.slow
@@ -723,24 +776,77 @@ def test_decoder_handles_modes_formats_and_exif():
 
 
 # ------------------------------------------------------------------------------------------------ real pipeline
-def _real_pipeline_available() -> bool:
+def real_model_args() -> list[str] | None:
+    """`ferkit serve` arguments for the real pipeline: `--model $FERKIT_TEST_MODEL` when that variable names an
+    .onnx, else the bundled model; None when neither (or ferkit.pipeline) is there yet."""
     try:
         from ferkit import pipeline  # noqa: F401
         from ferkit.runtime import resolve_model_path
 
+        env = os.environ.get("FERKIT_TEST_MODEL")
+        if env and Path(env).is_file():
+            return ["--model", env]
         resolve_model_path(None)
-        return True
+        return []
     except Exception:  # noqa: BLE001 - not built yet, or no bundled model
-        return False
+        return None
+
+
+STUB_PLUGIN = '''
+import numpy as np
+from ferkit import pipeline
+from ferkit.labels import EMOTIONS
+
+
+class StubClassifier:
+    """Constant probabilities (happy 0.4): the real detector, crops and drawing, without a trained model."""
+    labels = EMOTIONS
+    path = "stub-classifier.onnx"
+
+    def predict_proba(self, crops):
+        p = np.full((len(crops), len(EMOTIONS)), 0.1)
+        p[:, EMOTIONS.index("happy")] = 0.4
+        return p
+
+
+def make():
+    return pipeline.Analyzer(model=StubClassifier())
+'''
+
+
+def test_real_detector_and_drawing_through_the_server(tmp_path, faces_dev):
+    """ferkit.pipeline.Analyzer (real face detector, crops, draw_results) behind the server, with a stub
+    classifier so it runs before the bundled model exists."""
+    pytest.importorskip("ferkit.pipeline")
+    (tmp_path / "stub_plugin.py").write_text(STUB_PLUGIN)
+    env = {"PYTHONPATH": str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    srv = Server(tmp_path / "data", analyzer="stub_plugin:make", env=env)
+    try:
+        assert srv.client.get("/api/v1/health").json()["model"] == "stub-classifier"
+        photo = sorted((faces_dev / "images").glob("*.jpg"))[0]
+        r = upload(srv.client, photo.read_bytes(), name=photo.name, ctype="image/jpeg")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["faces"]) >= 1 and body["faces"][0]["emotion"] == "happy"
+        assert 0 < body["faces"][0]["detection_score"] <= 1
+        x, y, w, h = body["faces"][0]["box"]
+        assert w >= 40 and h >= 40 and x + w <= body["width"] and y + h <= body["height"]
+        ann = srv.client.get(body["annotated_url"])
+        img = cv2.imdecode(np.frombuffer(ann.content, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[:2] == (body["height"], body["width"])
+        assert upload(srv.client, encode(np.full((240, 320, 3), 128, np.uint8))).json()["faces"] == []
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow
 def test_real_pipeline_on_a_photo(tmp_path, request):
-    if not _real_pipeline_available():
+    model_args = real_model_args()
+    if model_args is None:
         pytest.skip("ferkit.pipeline or the bundled model (src/ferkit/assets/default.onnx) is not there yet")
     from conftest import FACES_DEV
 
-    srv = Server(tmp_path / "data", analyzer=None)
+    srv = Server(tmp_path / "data", *model_args, analyzer=None)
     try:
         h = srv.client.get("/api/v1/health").json()
         assert h["analyzer_ready"] and h["model"]
@@ -775,3 +881,17 @@ def test_server_never_imports_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_face_thumbnail_slides_inside_the_image_and_pads_only_when_needed():
+    from ferkit.server.imaging import face_thumbnail
+
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[:, :, 1] = 255  # all green
+    img[0:40, 0:40] = (255, 0, 255)  # a "face" in the top-left corner
+    t = face_thumbnail(img, (0, 0, 40, 40), 64)
+    assert t.shape == (64, 64, 3)
+    assert not np.any(np.all(t == 128, axis=2))  # no padding: the window slid inside the image
+    assert tuple(int(v) for v in t[5, 5]) == (255, 0, 255)  # the face is in it, at the corner
+    huge = face_thumbnail(img, (0, 0, 300, 200), 64)  # the square is larger than the image: padded
+    assert np.any(np.all(huge == 128, axis=2))

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,7 +24,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_server_api import Server, _real_pipeline_available, encode, scene  # noqa: E402
+from test_server_api import Server, encode, real_model_args, scene  # noqa: E402
 
 from ferkit.server.fake import fake_emotion_for_width  # noqa: E402
 
@@ -221,14 +220,15 @@ def test_camera_frames_are_analysed_and_drawn(playwright, server, tmp_path):
 
 @pytest.mark.slow
 def test_real_model_on_a_faces_dev_photo(playwright, tmp_path):
-    if not _real_pipeline_available():
+    model_args = real_model_args()
+    if model_args is None:
         pytest.skip("ferkit.pipeline or the bundled model is not there yet")
     from conftest import FACES_DEV
 
     photos = sorted((FACES_DEV / "images").glob("*.jpg"))[:1] if (FACES_DEV / "images").is_dir() else []
     if not photos:
         pytest.skip("faces-dev photos not found")
-    srv = Server(tmp_path / "data", analyzer=None)
+    srv = Server(tmp_path / "data", *model_args, analyzer=None)
     browser = launch(playwright)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})

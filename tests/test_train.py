@@ -190,6 +190,21 @@ def test_init_finetunes_and_replaces_head(tiny_fer_csv, tmp_path):
     assert ck["num_classes"] == 5 and ck["arch"] == TINY and ck["model"]["fc.weight"].shape == (5, 256)
     # with a negligible LR the copied conv weights are unchanged
     assert torch.allclose(ck["model"]["features.0.weight"], src["features.0.weight"], atol=1e-6)
+    # fine-tuning on a user's own image folder (<root>/<class>/*.png, flat layout: random split)
+    import cv2
+
+    from ferkit.data import prepare_splits
+
+    tr = prepare_splits(str(tiny_fer_csv)).train
+    root = tmp_path / "photos"
+    for i, (img, y) in enumerate(zip(tr.images, tr.labels)):
+        d = root / ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"][y]
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i}.png"), np.repeat(img[:, :, None], 3, axis=2))
+    folder_run = train(TrainConfig(data=str(root), out=str(tmp_path / "ft_folder"), init=str(base), epochs=1,
+                                   progress=False, threads=1))
+    ck2 = _load(folder_run / "last.pt")
+    assert ck2["data"]["data_kind"] == "image-folder" and ck2["num_classes"] == 7
     with pytest.raises(FerkitError, match="holds a"):
         train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "x"), init=str(base), arch="vgg", epochs=1))
 
@@ -256,6 +271,7 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--sampling", "under", "--sample-cap", "nobody=3"], "not in this label set"),
     (["--precision", "fp16", "--device", "cpu"], "fp16"),
     (["--resume"], "nothing to resume"),
+    (["--resume", "--init", "x.pt"], "use one of them"),
     (["--init", "MISSING.pt"], "no such checkpoint"),
     (["--recipe", "nope"], "unknown recipe"),
 ])
@@ -293,6 +309,29 @@ def test_missing_data_option_guard(tiny_fer_csv, tmp_path, monkeypatch):
     with pytest.raises(FerkitError, match="does not support the 'clean' option"):
         train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY, epochs=1, clean=["blank"],
                           progress=False))
+
+
+def test_training_never_touches_the_test_split(tiny_fer_csv, tmp_path, monkeypatch):
+    """PrivateTest (the test split) is neither read for training nor for model selection."""
+    import ferkit.data
+    from ferkit.data.splits import prepare_splits as original
+    from ferkit.train import TrainConfig, train
+
+    class Poison:
+        def __getattr__(self, name):
+            raise AssertionError(f"training read the test split ({name})")
+
+        def __len__(self):
+            raise AssertionError("training read the test split (len)")
+
+    def guarded(*args, **kwargs):
+        splits = original(*args, **kwargs)
+        splits.test = Poison()
+        return splits
+
+    monkeypatch.setattr(ferkit.data, "prepare_splits", guarded)
+    out = train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY, epochs=1, progress=False, threads=1))
+    assert (out / "best.pt").is_file()
 
 
 # ------------------------------------------------------------------------------ real data

@@ -72,7 +72,7 @@ def _walk_jpeg(data: bytes) -> tuple[bool, bytes | None]:
     n = len(data)
     pos = 2
     exif = None
-    while pos + 4 <= n:
+    while pos + 2 <= n:
         if data[pos] != 0xFF:
             return False, exif
         marker = data[pos + 1]
@@ -84,6 +84,8 @@ def _walk_jpeg(data: bytes) -> tuple[bool, bytes | None]:
         if marker in (0x01,) or 0xD0 <= marker <= 0xD7:  # no length
             pos += 2
             continue
+        if pos + 4 > n:
+            return False, exif
         (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
         seg_end = pos + 2 + length
         if length < 2 or seg_end > n:

@@ -16,11 +16,10 @@ clipped to the image.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import cv2
@@ -121,6 +120,7 @@ class Analyzer:
     crop:         a :class:`~ferkit.faces.align.CropSpec` (None: the detector's measured default).
     align:        override the crop's eye-level alignment (None: the crop's setting).
     max_side:     images larger than this (pixels, longer side) are downscaled for detection.
+    pad:          border added for detection, fraction of the longer side (None: the detector's default).
     tta:          the classifier's test-time augmentation (None: the model's default).
     """
 
@@ -128,7 +128,8 @@ class Analyzer:
 
     def __init__(self, model=None, *, detector="auto", min_face: int = 0, confidence: float | None = None,
                  largest_only: bool = False, crop: CropSpec | None = None, align: bool | None = None,
-                 max_side: int | None = DEFAULT_MAX_SIDE, tta=None, threads: int | None = None):
+                 max_side: int | None = DEFAULT_MAX_SIDE, pad: float | None = None, tta=None,
+                 threads: int | None = None):
         if hasattr(model, "predict_proba") and hasattr(model, "labels"):
             self.classifier = model
         else:
@@ -150,6 +151,7 @@ class Analyzer:
         base = crop if crop is not None else (getattr(self.detector, "default_crop", None) or CropSpec())
         self.crop = base if align is None else base.with_(align=bool(align))
         self.max_side = max_side
+        self.pad = pad
         self.labels: tuple[str, ...] = tuple(self.classifier.labels)
 
     @property
@@ -165,7 +167,7 @@ class Analyzer:
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Faces in a BGR/gray image, largest first (see :func:`ferkit.faces.detect_faces`)."""
         return detect_faces(image_bgr, self.detector, min_size=self.min_face, confidence=self.confidence,
-                            largest_only=self.largest_only, max_side=self.max_side)
+                            largest_only=self.largest_only, max_side=self.max_side, pad=self.pad)
 
     def crops(self, image: np.ndarray, detections: Sequence[Detection]) -> list[np.ndarray]:
         """Gray square face crops (FER2013 framing) for the detections, at the image's resolution."""
@@ -287,10 +289,10 @@ def draw_marker(img: np.ndarray, emotion: str, center: tuple[int, int], radius: 
     bw = int(0.22 * r)
     for sx in (-1, 1):
         x0 = cx + sx * ex
-        if emotion == "angry":
-            p0, p1 = (x0 - bw, by - sx * int(0.1 * r)), (x0 + bw, by + sx * int(0.1 * r))
-        elif emotion in ("sad", "fear"):
+        if emotion == "angry":  # inner ends low: \ /
             p0, p1 = (x0 - bw, by + sx * int(0.1 * r)), (x0 + bw, by - sx * int(0.1 * r))
+        elif emotion in ("sad", "fear"):  # inner ends high: / \
+            p0, p1 = (x0 - bw, by - sx * int(0.1 * r)), (x0 + bw, by + sx * int(0.1 * r))
         elif emotion == "surprise":
             p0, p1 = (x0 - bw, by - int(0.1 * r)), (x0 + bw, by - int(0.1 * r))
         else:

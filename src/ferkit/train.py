@@ -210,8 +210,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     init_meta = None
     if given.get("init"):
-        if given.get("resume"):
-            raise FerkitError("--init starts a new run from a checkpoint; --resume continues a run: use one of them")
         init_meta = load_checkpoint(given["init"], "best")
     arch = given.get("arch") or recipe.get("arch") or (init_meta or {}).get("arch")
     if not arch:
@@ -296,6 +294,8 @@ def _check_config(cfg: TrainConfig) -> None:
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """The saved configuration of ``config.out``'s run plus the allowed runtime overrides, and last.pt."""
+    if config.init:
+        raise FerkitError("--init starts a new run from a checkpoint; --resume continues a run: use one of them")
     if not config.out:
         raise FerkitError("--resume needs --out RUN_DIR (the run to continue)")
     last = Path(config.out) / "last.pt"

@@ -92,6 +92,8 @@ class FaceDetector(Protocol):
     wants: str
     #: the default confidence threshold (0..1) for this detector's scores
     default_confidence: float
+    #: the default border added for detection (fraction of the longer side), see detect_faces(pad=)
+    default_pad: float
 
     def detect(self, image: np.ndarray, confidence: float) -> list[Detection]:
         """All faces with score >= ``confidence``, boxes in pixels of ``image``."""
@@ -214,9 +216,6 @@ DEFAULT_MAX_SIDE = 960
 #: Images whose longer side is below this are upscaled for detection (tight face crops such as 48x48
 #: FER2013 faces or the small faces-dev crops are otherwise too small for the detectors' smallest anchors).
 DEFAULT_MIN_SIDE = 160
-#: A border of this fraction of the longer side is added around the image before detection, so that a
-#: face filling the whole frame (a tight crop) is still seen whole. Chosen on faces-dev.
-DEFAULT_PAD = 0.25
 
 
 def detect_faces(
@@ -228,7 +227,7 @@ def detect_faces(
     largest_only: bool = False,
     max_side: int | None = DEFAULT_MAX_SIDE,
     min_side: int | None = DEFAULT_MIN_SIDE,
-    pad: float = DEFAULT_PAD,
+    pad: float | None = None,
 ) -> list[Detection]:
     """Faces in ``image``, largest first.
 
@@ -241,7 +240,9 @@ def detect_faces(
                   boxes and landmarks are mapped back to ``image`` pixels.
     min_side:     upscale images smaller than this for detection (None: never upscale).
     pad:          border added around the image for detection, as a fraction of its longer side
-                  (replicated edge pixels), so faces touching the border are found whole.
+                  (replicated edge pixels), so a face filling the whole photo is still found; None uses
+                  the detector's ``default_pad`` (Haar 0.25: it only sees faces wholly inside the image;
+                  YuNet 0: it predicts boxes past the border, and padding costs time).
 
     Returns a list of :class:`Detection` (possibly empty: no face is not an error).
     """
@@ -253,6 +254,8 @@ def detect_faces(
         raise FerkitError(f"confidence must be between 0 and 1, got {confidence}")
     if min_size < 0:
         raise FerkitError(f"min_size must be >= 0 pixels, got {min_size}")
+    if pad is None:
+        pad = float(getattr(det, "default_pad", 0.0))
     wants = getattr(det, "wants", "bgr")
     work = as_gray(image) if wants == "gray" else as_bgr(image)
     h, w = work.shape[:2]

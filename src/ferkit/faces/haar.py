@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import FerkitError
 from . import Detection
+from .align import CropSpec
 
 CASCADE = "haarcascade_frontalface_default.xml"
 
@@ -34,6 +35,11 @@ class HaarDetector:
     name = "haar"
     wants = "gray"
     default_confidence = 0.5
+    #: border for detection; measured on faces-dev (benchmarks/eval_faces_dev.py)
+    default_pad = 0.25
+    #: crop framing (ferkit.faces.align): FER2013 faces are framed 1.03 x the Haar box, centred
+    #: (median over 1,000 FER2013 training faces; `benchmarks/eval_faces_dev.py --framing`)
+    default_crop = CropSpec(scale=1.03)
 
     def __init__(self, scale_factor: float = 1.1, min_window: int = 24) -> None:
         self._cascade = cv2.CascadeClassifier(_cascade_path())

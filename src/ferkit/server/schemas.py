@@ -21,6 +21,8 @@ class FaceOut(BaseModel):
     emotion: str = Field(..., description="the most probable emotion", examples=["happy"])
     score: float = Field(..., ge=0, le=1, description="probability of `emotion`")
     probabilities: dict[str, float] = Field(..., description="probability of every emotion the model knows; sums to 1")
+    detection_score: float | None = Field(None, description="the face detector's confidence 0..1 (null when "
+                                                            "the analyzer gives none)")
     thumbnail_url: str | None = Field(None, description="square PNG crop of the face; null when not stored or expired")
 
 

@@ -1,0 +1,515 @@
+"""The inference path: image reading, sources, detection interface, cropping/alignment, the pipeline and
+``ferkit predict`` on images. No camera needed.
+
+Synthetic images use a fake detector that finds bright squares (a detector cannot be expected to find a
+drawn cartoon); real detectors are tested on faces-dev photos when ../shared/data is present.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import ferkit
+from ferkit import pipeline
+from ferkit.cli import main as cli_main
+from ferkit.errors import FerkitError
+from ferkit.faces import Detection, detect_faces, get_detector, iou
+from ferkit.faces.align import CropSpec, crop_face, eye_angle
+from ferkit.io import Source, decode_image, exif_orientation, expand_sources, read_image
+from ferkit.labels import EMOTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "src" / "ferkit" / "assets" / "default.onnx"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+class SquareDetector:
+    """A stand-in face detector: every bright (>= 200) square blob of at least 8 px is a "face".
+
+    Its score is the blob's mean brightness / 255; landmarks are two "eyes" in the blob's upper third.
+    """
+
+    name = "squares"
+    wants = "gray"
+    default_confidence = 0.5
+    default_pad = 0.0
+    default_crop = CropSpec()
+
+    def __init__(self):
+        self.calls = []
+
+    def detect(self, image, confidence):
+        self.calls.append(image.shape)
+        n, _, stats, _ = cv2.connectedComponentsWithStats((image >= 200).astype(np.uint8), connectivity=4)
+        out = []
+        for x, y, w, h, area in stats[1:]:
+            if w < 8 or h < 8:
+                continue
+            score = float(image[y:y + h, x:x + w].mean()) / 255.0
+            if score < confidence:
+                continue
+            lm = ((x + w * 0.3, y + h * 0.35), (x + w * 0.7, y + h * 0.35), (x + w * 0.5, y + h * 0.55),
+                  (x + w * 0.35, y + h * 0.75), (x + w * 0.65, y + h * 0.75))
+            out.append(Detection(box=(int(x), int(y), int(w), int(h)), score=score, landmarks=lm))
+        return out
+
+
+def scene(h=240, w=320, squares=((60, 50, 80),), value=255, bg=40, channels=3):
+    """A dark image with bright squares (x, y, side)."""
+    img = np.full((h, w), bg, np.uint8)
+    for x, y, s in squares:
+        img[y:y + s, x:x + s] = value
+        img[y + s // 3:y + s // 3 + 3, x + s // 4:x + 3 * s // 4] = value - 30  # a little texture
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if channels == 3 else img
+
+
+def linear_model(path: Path) -> Path:
+    """A tiny ferkit-format ONNX (logits = flatten(x) @ W.T + b) for tests when no bundled model exists."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ferkit.preprocess import PreprocessSpec
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(0, 0.05, (7, 48 * 48)).astype(np.float32)
+    b = rng.normal(0, 0.1, 7).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("Gemm", ["flat", "W", "b"], ["logits"], transB=1)],
+        "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 48, 48])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 7])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"format": "ferkit-onnx-1", "labels": list(EMOTIONS), "label_set": "fer7", "input_size": 48,
+            "preprocess": PreprocessSpec().to_dict(), "arch": "linear-test", "tta": "none", "provenance": {}}
+    for k, v in meta.items():
+        e = model.metadata_props.add()
+        e.key, e.value = f"ferkit_{k}", json.dumps(v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> Path:
+    """The bundled default model when the package ships it, else a tiny linear test model."""
+    if BUNDLED.is_file():
+        return BUNDLED
+    return linear_model(tmp_path_factory.mktemp("model") / "linear.onnx")
+
+
+@pytest.fixture
+def analyzer(model_path):
+    return pipeline.Analyzer(str(model_path), detector=SquareDetector())
+
+
+@pytest.fixture
+def use_square_detector(monkeypatch, model_path):
+    """Make ``ferkit predict`` / ``ferkit live`` build their analyzer with the square detector."""
+    from ferkit.commands import predict as predict_cmd
+
+    def build(args):
+        return pipeline.Analyzer(args.model or str(model_path), detector=SquareDetector(), min_face=args.min_face,
+                                 largest_only=args.largest, confidence=args.confidence)
+
+    monkeypatch.setattr(predict_cmd, "build_analyzer", build)
+
+
+def real_photos(faces_dev: Path, n: int) -> list[Path]:
+    rows = list(csv.DictReader(open(faces_dev / "labels.csv")))
+    return [faces_dev / r["file"] for r in rows[:: max(1, len(rows) // n)][:n]]
+
+
+# ------------------------------------------------------------------------------------------ reading
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tiff"])
+def test_read_image_formats(tmp_path, ext):
+    img = scene()
+    img[:, :, 2] = np.linspace(0, 255, img.shape[1], dtype=np.uint8)[None, :]  # some colour
+    path = tmp_path / f"x{ext}"
+    assert cv2.imwrite(str(path), img)
+    got = read_image(path)
+    assert got.dtype == np.uint8 and got.shape == img.shape
+    assert np.abs(got.astype(int) - img.astype(int)).mean() < 4  # lossy formats are close
+
+
+def test_read_gray_16bit_and_rgba_png(tmp_path):
+    gray = np.tile(np.arange(0, 256, 2, dtype=np.uint8), (20, 1))
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    g = read_image(tmp_path / "g.png")
+    assert g.shape == (20, 128, 3) and (g[:, :, 0] == gray).all() and (g[:, :, 2] == gray).all()
+
+    deep = (np.tile(np.linspace(0, 65535, 64), (8, 1))).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    d = read_image(tmp_path / "d.png")
+    assert d.dtype == np.uint8 and d.shape == (8, 64, 3)
+    assert d[0, 0, 0] == 0 and d[0, -1, 0] == 255 and abs(int(d[0, 32, 0]) - 132) <= 2
+
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[:, :5] = (0, 0, 255, 255)  # opaque red (BGRA)
+    rgba[:, 5:] = (0, 0, 0, 0)      # fully transparent black
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    a = read_image(tmp_path / "a.png")
+    assert a.shape == (10, 10, 3)
+    assert tuple(a[0, 0]) == (0, 0, 255) and tuple(a[0, 9]) == (255, 255, 255)
+
+
+def _exif_app1(orientation: int, big_endian: bool = False) -> bytes:
+    e = ">" if big_endian else "<"
+    tiff = (b"MM" if big_endian else b"II") + struct.pack(e + "HI", 42, 8)
+    tiff += struct.pack(e + "H", 1) + struct.pack(e + "HHI", 0x0112, 3, 1) + struct.pack(e + "HH", orientation, 0)
+    tiff += struct.pack(e + "I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _asymmetric():
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:20, :20] = (255, 255, 255)  # a white block in the top-left corner
+    img[:, 60:] = (0, 0, 200)
+    return img
+
+
+@pytest.mark.parametrize("orientation,expect", [
+    (1, lambda a: a),
+    (3, lambda a: cv2.rotate(a, cv2.ROTATE_180)),
+    (6, lambda a: cv2.rotate(a, cv2.ROTATE_90_CLOCKWISE)),
+    (8, lambda a: cv2.rotate(a, cv2.ROTATE_90_COUNTERCLOCKWISE)),
+    (2, lambda a: a[:, ::-1]),
+])
+def test_exif_orientation_jpeg(tmp_path, orientation, expect):
+    raw = _asymmetric()
+    ok, enc = cv2.imencode(".jpg", raw, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = enc.tobytes()
+    data = data[:2] + _exif_app1(orientation, big_endian=orientation == 6) + data[2:]
+    path = tmp_path / "o.jpg"
+    path.write_bytes(data)
+    assert exif_orientation(data) == orientation
+    got = read_image(path)
+    want = expect(cv2.imdecode(enc, cv2.IMREAD_COLOR))
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < 3
+
+
+def test_exif_orientation_png(tmp_path):
+    raw = _asymmetric()
+    data = cv2.imencode(".png", raw)[1].tobytes()
+    tiff = _exif_app1(6)[10:]  # the TIFF part only
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    ihdr_end = 8 + 25
+    data = data[:ihdr_end] + chunk + data[ihdr_end:]
+    got = decode_image(data)
+    assert got.shape == (80, 40, 3)
+    assert (got == cv2.rotate(raw, cv2.ROTATE_90_CLOCKWISE)).all()
+
+
+def test_bad_image_files_are_clear_errors(tmp_path):
+    good = cv2.imencode(".jpg", scene())[1].tobytes()
+    cases = {
+        "truncated.jpg": (good[: len(good) // 2], "truncated"),
+        "corrupt.jpg": (good[:20] + bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)), "corrupt"),
+        "text.png": (b"this is not an image\n", "cannot decode"),
+        "empty.jpg": (b"", "empty"),
+    }
+    for name, (data, msg) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FerkitError, match=msg):
+            read_image(tmp_path / name)
+    with pytest.raises(FerkitError, match="no such file"):
+        read_image(tmp_path / "missing.jpg")
+    with pytest.raises(FerkitError, match="folder"):
+        read_image(tmp_path)
+    # trailing bytes after the end-of-image marker (e.g. a motion photo) are fine
+    (tmp_path / "trailer.jpg").write_bytes(good + b"\x00" * 100 + b"ftypmp42" * 10)
+    assert read_image(tmp_path / "trailer.jpg").shape == (240, 320, 3)
+
+
+def test_expand_sources_kinds(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "b.png"), scene())
+    cv2.imwrite(str(tmp_path / "d" / "sub" / "a.jpg"), scene())
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    (tmp_path / "d" / "clip.mp4").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    exp = expand_sources([str(tmp_path / "d"), str(tmp_path / "d" / "*.png"), "0", 3,
+                          str(tmp_path / "nope.jpg"), str(tmp_path / "empty"), str(tmp_path / "*.gif")])
+    kinds = [(s.kind, Path(s.path).name if s.path else s.camera) for s in exp.sources]
+    assert kinds == [("image", "b.png"), ("video", "clip.mp4"), ("image", "a.jpg"), ("image", "b.png"),
+                     ("camera", 0), ("camera", 3)]
+    assert exp.skipped == 1
+    assert len(exp.errors) == 3 and "no such file" in exp.errors[0][1] and "no images" in exp.errors[1][1]
+    flat = expand_sources([str(tmp_path / "d")], recursive=False)
+    assert [Path(s.path).name for s in flat.sources] == ["b.png", "clip.mp4"]
+    assert Source("camera", camera=2).name == "camera:2"
+
+
+# ---------------------------------------------------------------------------------------- detection
+def test_detect_faces_options_and_downscaling():
+    det = SquareDetector()
+    img = scene(squares=((20, 20, 30), (150, 60, 90)))
+    found = detect_faces(img, det)
+    assert [d.box for d in found] == [(150, 60, 90, 90), (20, 20, 30, 30)]  # largest first
+    assert [d.box for d in detect_faces(img, det, largest_only=True)] == [(150, 60, 90, 90)]
+    assert [d.box for d in detect_faces(img, det, min_size=40)] == [(150, 60, 90, 90)]
+    dim = scene(squares=((20, 20, 30),), value=210)
+    assert detect_faces(dim, det, confidence=0.9) == [] and len(detect_faces(dim, det, confidence=0.5)) == 1
+    # a very large image is downscaled for detection, boxes come back in original pixels
+    big = scene(h=3000, w=4000, squares=((1000, 800, 600),))
+    det.calls.clear()
+    (d,) = detect_faces(big, det, max_side=800)
+    assert max(det.calls[-1]) == 800
+    assert iou(d.box, (1000, 800, 600, 600)) > 0.97
+    lm = np.asarray(d.landmarks)
+    assert abs(lm[0, 0] - (1000 + 600 * 0.3)) < 8 and abs(lm[0, 1] - (800 + 600 * 0.35)) < 8
+    # padding for detection does not shift boxes
+    det.calls.clear()
+    (p,) = detect_faces(scene(squares=((10, 12, 60),)), det, pad=0.25)
+    assert p.box == (10, 12, 60, 60) and det.calls[-1] == (240 + 160, 320 + 160)
+    with pytest.raises(FerkitError, match="confidence"):
+        detect_faces(img, det, confidence=1.5)
+    with pytest.raises(FerkitError, match="unknown face detector"):
+        detect_faces(img, "mtcnn")
+    assert detect_faces(np.zeros((50, 60), np.uint8), det) == []
+
+
+def test_crop_framing_and_alignment():
+    # an image whose pixel value encodes its coordinates lets us check exactly which region is cut
+    xs = np.tile(np.arange(200, dtype=np.uint8), (200, 1))
+    det = Detection(box=(60, 40, 80, 80), score=1.0)
+    c = crop_face(xs, det, CropSpec(scale=1.0))
+    assert c.shape == (80, 80) and c[0, 0] == 60 and c[0, -1] == 139
+    c = crop_face(xs, det, CropSpec(scale=1.5, shift_x=0.25))
+    assert c.shape == (120, 120) and c[0, 0] == 60 - 20 + 20 and c[0, -1] == 179
+    # outside the image: edge pixels are replicated
+    c = crop_face(xs, Detection(box=(-20, 0, 40, 40), score=1.0), CropSpec())
+    assert c.shape == (40, 40) and (c[:, :20] == 0).all()
+    # alignment: two dots on a tilted line end up level after the crop
+    img = np.zeros((200, 200), np.uint8)
+    e1, e2 = (70.0, 80.0), (130.0, 100.0)  # right eye lower: the face is rolled by ~18 degrees
+    for (x, y) in (e1, e2):
+        cv2.circle(img, (int(x), int(y)), 4, 255, -1)
+    d = Detection(box=(50, 50, 100, 100), score=1.0, landmarks=(e1, e2, (100, 110), (80, 130), (120, 135)))
+    assert eye_angle(d.landmarks) == pytest.approx(np.degrees(np.arctan2(20, 60)))
+    plain = crop_face(img, d, CropSpec(align=False))
+    aligned = crop_face(img, d, CropSpec(align=True))
+
+    def dot_rows(a):
+        n, _, _, cent = cv2.connectedComponentsWithStats((a > 128).astype(np.uint8))
+        return sorted(cent[1:, 1])
+
+    assert abs(np.diff(dot_rows(plain))[0]) > 15
+    assert abs(np.diff(dot_rows(aligned))[0]) < 1.5
+    with pytest.raises(FerkitError):
+        CropSpec(scale=0)
+
+
+@pytest.mark.realdata
+def test_real_detectors_find_faces_in_photos(faces_dev):
+    photos = real_photos(faces_dev, 6)
+    for name in ("yunet", "haar"):
+        try:
+            get_detector(name)
+        except FerkitError:
+            pytest.skip(f"{name} not installed")
+        hits = 0
+        for p in photos:
+            img = read_image(p)
+            dets = detect_faces(img, name)
+            if dets:
+                hits += 1
+                x, y, w, h = dets[0].clipped(img.shape[1], img.shape[0])
+                assert w * h > 0.1 * img.shape[0] * img.shape[1]  # faces-dev photos are mostly face
+        assert hits >= 5, f"{name} found a face in only {hits}/6 photos"
+    # a blank image holds no face
+    assert detect_faces(np.full((300, 300, 3), 127, np.uint8), "yunet") == []
+    assert detect_faces(np.full((300, 300, 3), 127, np.uint8), "haar") == []
+
+
+# ----------------------------------------------------------------------------------------- pipeline
+def test_analyze_api(analyzer, tmp_path):
+    img = scene(squares=((200, 100, 60), (30, 40, 100)))
+    faces = analyzer.analyze(img)
+    assert [f.box for f in faces] == [(30, 40, 100, 100), (200, 100, 60, 60)]
+    for f in faces:
+        assert isinstance(f, ferkit.FaceResult)
+        assert list(f.probabilities) == list(analyzer.labels)
+        assert sum(f.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert f.emotion == max(f.probabilities, key=f.probabilities.get)
+        assert f.score == pytest.approx(f.probabilities[f.emotion])
+        d = json.loads(json.dumps(f.to_dict(source="x")))
+        assert set(d) >= {"source", "box", "emotion", "score", "probabilities"} and d["box"] == list(f.box)
+        assert "track" not in d
+    # the same answer from a path, from RGB with channels='rgb', and from gray
+    cv2.imwrite(str(tmp_path / "s.png"), img)
+    for other in (analyzer.analyze(str(tmp_path / "s.png")), analyzer.analyze(img[:, :, ::-1].copy(), channels="rgb"),
+                  analyzer.analyze(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))):
+        assert [f.box for f in other] == [f.box for f in faces]
+        assert [f.emotion for f in other] == [f.emotion for f in faces]
+    # no face: an empty list, not an error
+    assert analyzer.analyze(np.full((100, 100, 3), 30, np.uint8)) == []
+    with pytest.raises(FerkitError):
+        analyzer.analyze("definitely/missing.jpg")
+    with pytest.raises(FerkitError):
+        analyzer.analyze([1, 2, 3])
+
+
+def test_module_level_analyze_and_lazy_exports(model_path, monkeypatch):
+    assert ferkit.analyze is pipeline.analyze and ferkit.FaceResult is pipeline.FaceResult
+    assert ferkit.EMOTIONS == EMOTIONS
+    det = SquareDetector()
+    a = pipeline.analyze(scene(), model=str(model_path), detector=det)
+    b = pipeline.analyze(scene(), model=str(model_path), detector=det)
+    assert len(a) == 1 and a[0].box == (60, 50, 80, 80) and a[0].probabilities == b[0].probabilities
+
+
+class RecordingClassifier:
+    """A classifier stand-in: records the crops it gets; says 'happy' for bright crops, else 'sad'."""
+
+    labels = EMOTIONS
+
+    def __init__(self):
+        self.crops = []
+
+    def predict_proba(self, crops):
+        self.crops.extend(crops)
+        out = np.full((len(crops), 7), 0.02)
+        for i, c in enumerate(crops):
+            out[i, 3 if c.mean() > 150 else 4] = 0.88
+        return out
+
+
+def test_pipeline_crops_follow_the_crop_spec():
+    clf = RecordingClassifier()
+    img = scene(squares=((100, 80, 60),))
+    a = pipeline.Analyzer(clf, detector=SquareDetector(), crop=CropSpec(scale=1.0))
+    (f,) = a.analyze(img)
+    assert f.emotion == "happy" and clf.crops[-1].shape == (60, 60) and clf.crops[-1].ndim == 2
+    b = pipeline.Analyzer(clf, detector=SquareDetector(), crop=CropSpec(scale=2.0))
+    (g,) = b.analyze(img)
+    assert clf.crops[-1].shape == (120, 120) and g.emotion == "sad"  # mostly background now
+    assert g.box == f.box  # the reported box is the detection, not the crop
+
+
+def test_draw_results(analyzer):
+    img = scene(squares=((100, 80, 60),))
+    before = img.copy()
+    faces = analyzer.analyze(img)
+    out = analyzer.draw(img, faces)
+    assert (img == before).all() and out.shape == img.shape
+    assert (out != img).any(axis=2)[80, 100:160].mean() > 0.9  # the box's top edge is drawn
+    blank = analyzer.draw(img, [])
+    assert (blank == img).all()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _write_set(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    cv2.imwrite(str(d / "one.jpg"), scene(squares=((60, 50, 80),)))
+    cv2.imwrite(str(d / "two.png"), scene(squares=((20, 20, 50), (200, 120, 70))))
+    cv2.imwrite(str(d / "none.png"), np.full((120, 160, 3), 30, np.uint8))
+    return d
+
+
+def test_predict_table_json_csv_save(tmp_path, capsys, use_square_detector, model_path):
+    d = _write_set(tmp_path)
+    rc = cli_main(["predict", str(d), "--model", str(model_path)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    lines = [l for l in out.splitlines() if l.strip()]
+    assert lines[0].split()[:2] == ["source", "face"]
+    assert len(lines) == 1 + 1 + 1 + 2  # header, none.png (no face), one.jpg, two faces of two.png
+    assert "(no face)" in out
+
+    rc = cli_main(["predict", str(d), "--model", str(model_path), "--json", "--csv", str(tmp_path / "f.csv"),
+                   "--save", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    rows = [json.loads(l) for l in out.splitlines()]
+    assert len(rows) == 3
+    for r in rows:
+        assert set(r) >= {"source", "box", "emotion", "score", "probabilities"}
+        assert len(r["box"]) == 4 and all(isinstance(v, int) for v in r["box"])
+        assert r["emotion"] in r["probabilities"] and 0 <= r["score"] <= 1
+        assert "frame" not in r and "track" not in r
+    assert {Path(r["source"]).name for r in rows} == {"one.jpg", "two.png"}
+    with open(tmp_path / "f.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3 and table[0]["frame"] == "" and {"x", "y", "w", "h", "p_happy"} <= set(table[0])
+    saved = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert saved == ["none.png", "one.jpg", "two.png"]
+    ann = cv2.imread(str(tmp_path / "out" / "one.jpg"))
+    assert ann.shape == (240, 320, 3) and np.abs(ann.astype(int) - scene().astype(int)).mean() > 1
+
+    rc = cli_main(["predict", str(d / "two.png"), "--model", str(model_path), "--json", "--largest"])
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and len(rows) == 1 and rows[0]["box"] == [200, 120, 70, 70]
+
+
+def test_predict_bad_files_among_good(tmp_path, capsys, use_square_detector, model_path):
+    d = _write_set(tmp_path)
+    (d / "broken.jpg").write_bytes(cv2.imencode(".jpg", scene())[1].tobytes()[:500])
+    (d / "text.png").write_text("not an image")
+    (d / "zero.jpg").write_bytes(b"")
+    rc = cli_main(["predict", str(d), str(tmp_path / "missing.jpg"), "--model", str(model_path), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    errors = [l for l in cap.err.splitlines() if "error" in l]
+    assert len(errors) == 4 and all(l.startswith("ferkit: error: ") for l in errors)
+    assert any("broken.jpg" in l for l in errors) and any("missing.jpg" in l for l in errors)
+    assert len(cap.out.splitlines()) == 3  # the good images were all processed
+
+
+def test_predict_usage_errors(tmp_path, capsys, model_path):
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), scene())
+    assert cli_main(["predict", str(img), "--confidence", "3", "--model", str(model_path)]) == 2
+    assert cli_main(["predict", str(img), "--model", str(tmp_path / "nope.onnx")]) == 2
+    with pytest.raises(SystemExit) as e:
+        cli_main(["predict", str(img), "--detector", "mtcnn"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--confidence must be between 0 and 1" in err and "nope.onnx" in err
+
+
+@pytest.mark.realdata
+def test_predict_real_photos_end_to_end(faces_dev, tmp_path, capsys, model_path):
+    photos = real_photos(faces_dev, 4)
+    rc = cli_main(["predict", *map(str, photos), "--json", "--model", str(model_path)])
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and len({r["source"] for r in rows}) >= 3
+    for r in rows:
+        assert r["emotion"] in EMOTIONS and sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_inference_never_imports_torch(tmp_path, model_path):
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), scene())
+    code = f"""
+import sys
+import ferkit, ferkit.io, ferkit.faces, ferkit.faces.align, ferkit.faces.haar, ferkit.pipeline, ferkit.video
+import ferkit.commands.predict, ferkit.commands.live
+from ferkit.cli import main
+faces = ferkit.analyze({str(img)!r}, model={str(model_path)!r}, detector="haar")
+rc = main(["predict", {str(img)!r}, "--json", "--model", {str(model_path)!r}, "--detector", "haar"])
+try:
+    import ferkit.faces.yunet
+    ferkit.faces.get_detector("yunet")
+except ferkit.FerkitError:
+    pass
+bad = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+assert not bad, bad
+print("ok", rc)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ok 0")
