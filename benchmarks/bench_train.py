@@ -2,17 +2,20 @@
 bf16 autocast + channels-last, and the wall time of the quick `--limit 2000` one-epoch run.
 
     .venv/bin/python benchmarks/bench_train.py [--data ../shared/data/fer2013/fer2013.csv.gz]
-        [--arch fastres_s] [--variants fp32,bf16-cl] [--batch-size N] [--limit N]
+        [--arch fastres_s] [--variants fp32,bf16-cl] [--batch-size N] [--limit N] [--repeat N] [--skip-quick]
 
 Each variant runs ``ferkit.train.train`` for one epoch (the real loop: augmentation, optimiser, validation
-on PublicTest) and reads ``epoch_time_s`` from metrics.json; ratios are against the first variant measured
-in the same run. The load average is printed: other processes on the 2 cores distort the figures.
+on PublicTest) and reads ``epoch_time_s`` and the training throughput ``images_per_s`` from metrics.json;
+ratios are against the first variant measured in the same run. With ``--limit N`` (rows per split) the
+full-epoch time is extrapolated from the throughput; ``--repeat`` alternates the variants. The load
+average is printed: other processes on the 2 cores distort the figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("FERKIT_DATA_DIR", ROOT.parent / "shared" / "data")) / "fer2013" / "fer2013.csv.gz"
+TRAINING_ROWS = 28709  # FER2013 Training split
 VARIANTS = {
     "fp32": dict(precision="fp32", channels_last=False),
     "fp32-cl": dict(precision="fp32", channels_last=True),
@@ -58,6 +62,7 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32,bf16-cl")
     ap.add_argument("--limit", type=int, default=None, help="rows per split (default: the full Training split)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the architecture's recipe")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the variants this many times")
     ap.add_argument("--skip-quick", action="store_true", help="skip the --limit 2000 CLI wall-time row")
     args = ap.parse_args()
     if not Path(args.data).is_file():
@@ -70,16 +75,20 @@ def main() -> None:
     print(f"# {args.arch}, batch {args.batch_size or 'default'}, one epoch on {'the full Training split' if not args.limit else f'{args.limit} rows'} "
           f"+ PublicTest validation; torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average before: {os.getloadavg()[0]:.2f}")
-    rows = []
-    for v in args.variants.split(","):
-        r = one_epoch(args.data, args.arch, v, args.limit, args.batch_size)
-        rows.append((v, r))
-        print(f"  measured {v}: {r}", flush=True)
-    base = rows[0][1]["epoch_s"]
-    print(f"\n| variant | s/epoch | images/s | speed-up vs {rows[0][0]} |")
-    print("|---|---:|---:|---:|")
-    for v, r in rows:
-        print(f"| {v} | {r['epoch_s']:.1f} | {r['img_s']:.0f} | {base / r['epoch_s']:.2f}x |")
+    results: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
+    for _ in range(args.repeat):  # variants alternate, so a change in machine load hits all of them alike
+        for v in results:
+            r = one_epoch(args.data, args.arch, v, args.limit, args.batch_size)
+            results[v].append(r)
+            print(f"  measured {v}: {r}", flush=True)
+    first = next(iter(results))
+    med = {v: statistics.median(r["img_s"] for r in rs) for v, rs in results.items()}
+    print(f"\n| variant | s/epoch measured | training images/s (median of {args.repeat}) | s per full Training epoch "
+          f"({TRAINING_ROWS} images) | speed-up vs {first} |")
+    print("|---|---:|---:|---:|---:|")
+    for v, rs in results.items():
+        measured = ", ".join(f"{r['epoch_s']:.1f}" for r in rs)
+        print(f"| {v} | {measured} | {med[v]:.0f} | {TRAINING_ROWS / med[v]:.0f} | {med[v] / med[first]:.2f}x |")
     if not args.skip_quick:
         wall = quick_run_wall(args.data, args.arch)
         print(f"\n`ferkit train --arch {args.arch} --epochs 1 --limit 2000` wall time (process start to exit): {wall:.1f} s")

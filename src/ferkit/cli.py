@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "train",     # ferkit train
     "evaluate",  # ferkit evaluate
     "export",    # ferkit export
+    "modelcard", # ferkit model-card
     "predict",   # ferkit predict
     "live",      # ferkit live
     "serve",     # ferkit serve

@@ -813,7 +813,6 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         seen = 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
                    disable=not (cfg.progress and rt.main), file=sys.stderr, mininterval=0.5)
-        lr = schedule.lr_at(epoch * steps_per_epoch)
         for i, (lo, hi) in enumerate(batches):
             # learning rate of this step
             lr = schedule.lr_at(epoch * steps_per_epoch + i)

@@ -1,0 +1,137 @@
+"""Model cards: what a shipped ``.onnx`` model is, how it was made, and how well it does, measured.
+
+``write_model_card(model, data, out_dir)`` evaluates the exported model (the artifact users get, through
+the same runtime they use, with its default test-time augmentation) on FER2013 Training, PublicTest and
+PrivateTest, and writes ``MODEL_CARD.md`` plus ``metrics.json`` and the PrivateTest confusion matrix PNGs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from .errors import FerkitError
+
+SPLITS = ("Training", "PublicTest", "PrivateTest")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def write_model_card(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    name: str | None = None,
+    train_command: str | None = None,
+    export_command: str | None = None,
+    notes: str | None = None,
+) -> Path:
+    """Evaluate ``model`` (an exported ``.onnx``) on every FER2013 split and write a model card.
+
+    Selection is by PublicTest (validation) accuracy during training; PrivateTest is reported, never
+    used to choose anything. Returns the path of ``MODEL_CARD.md``.
+    """
+    from .evaluate import evaluate, save_report
+    from .runtime import EmotionClassifier
+
+    model = str(model)
+    if not model.endswith(".onnx"):
+        raise FerkitError(f"a model card describes an exported .onnx model, got {model}")
+    clf = EmotionClassifier(model)
+    meta = clf.metadata
+    prov = meta.get("provenance") or {}
+    cfg = prov.get("config") or {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for split in SPLITS:
+        results[split] = evaluate(model, str(data), split=split)
+    save_report(results["PrivateTest"], out / "privatetest")
+    (out / "metrics.json").write_text(json.dumps(
+        {s: {k: v for k, v in r.items() if k not in ("probs", "y_true")} for s, r in results.items()}, indent=1) + "\n")
+
+    name = name or Path(model).stem
+    test = results["PrivateTest"]
+    labels = test["labels"]
+    size_mb = os.path.getsize(model) / 1e6
+    lines = [
+        f"# Model card: `{name}`",
+        "",
+        f"- File: `{Path(model).name}` ({size_mb:.1f} MB, ONNX opset {prov.get('opset')}, exporter {prov.get('exporter')})",
+        f"- Architecture: `{meta.get('arch')}` {json.dumps(meta.get('arch_kwargs') or {})}",
+        f"- Labels ({meta.get('label_set')}): {', '.join(labels)}",
+        f"- Input: {meta.get('input_size')}x{meta.get('input_size')} gray face crop, preprocessing {json.dumps(meta.get('preprocess'))}",
+        f"- Test-time augmentation used by default (and in every figure below): `{meta.get('tta')}`",
+        "",
+        "## Data and selection",
+        "",
+        f"- Training data: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split only "
+        f"({(prov.get('data') or {}).get('sizes', {}).get('train', '?')} images), label set {meta.get('label_set')}.",
+        f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
+        f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
+        "PrivateTest was not used for any choice.",
+        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {cfg.get('ferplus') or 'no'}.",
+        "",
+        "## Recipe",
+        "",
+        f"- Optimiser {cfg.get('optimizer')} lr {cfg.get('lr')} momentum {cfg.get('momentum')} nesterov {cfg.get('nesterov')} "
+        f"weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch_size')}, schedule {cfg.get('schedule')} "
+        f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, "
+        f"precision {cfg.get('precision')}, channels-last {cfg.get('channels_last')}, seed {cfg.get('seed')}.",
+        f"- Augmentation: {json.dumps(cfg.get('augment'))}.",
+        f"- Training wall time: {prov.get('train_time_s')} s (sum of epoch times; hardware of the training run: "
+        f"{notes or 'see the command below'}).",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        train_command or "# (training command not recorded)",
+        export_command or f"ferkit export RUN_DIR --out {Path(model).name}",
+        f"ferkit model-card {model} --data fer2013.csv.gz --out DIR",
+        "```",
+        "",
+        "## Accuracy (measured on the exported model with onnxruntime)",
+        "",
+        "| split | images | accuracy | macro-F1 | loss |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for split in SPLITS:
+        r = results[split]
+        lines.append(f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} |")
+    lines += [
+        "",
+        f"Evaluation machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; classifier speed there during evaluation: "
+        f"{test.get('faces_per_s')} faces/s (PrivateTest, batch {256}).",
+        "",
+        "## PrivateTest per class",
+        "",
+        "| class | precision | recall | F1 | support | predicted |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for lab in labels:
+        pc = test["per_class"][lab]
+        lines.append(f"| {lab} | {pc['precision']:.3f} | {pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} | "
+                     f"{test['pred_counts'][lab]} |")
+    lines += ["", "## PrivateTest confusion matrix (rows = true, columns = predicted)", "",
+              "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
+    for lab, row in zip(labels, test["confusion_matrix"]):
+        lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "Pictures: `privatetest/confusion_matrix.png`, `privatetest/class_counts.png`; all figures: `metrics.json`.", ""]
+    card = out / "MODEL_CARD.md"
+    card.write_text("\n".join(lines))
+    return card
