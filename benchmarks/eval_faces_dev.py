@@ -310,7 +310,7 @@ def main(argv=None) -> int:
     rows = []
     whole = clf.predict_proba([as_gray(im) for im in images]).argmax(1)
     acc, f1, n = sc.score(whole)
-    rows.append(("baseline: whole photo, no detector", "-", "-", n, acc, f1, "-", "-"))
+    rows.append(("baseline: whole photo, no detector", "-", n, acc, f1, "-", "-"))
     results["baseline_whole_photo"] = {"accuracy": acc, "macro_f1": f1}
     default_preds = {}
     for name in dets:
@@ -321,11 +321,11 @@ def main(argv=None) -> int:
         a_all, f_all, n_all = sc.score(pred)
         a_f, f_f, n_f = sc.score(pred, found)
         rows.append((f"{name} + crop {crop.scale:g}/{crop.shift_y:+g}{' aligned' if crop.align else ''}",
-                     float(found.mean()), "", n_all, a_all, f_all, a_f, f_f))
+                     float(found.mean()), n_all, a_all, f_all, a_f, f_f))
         results.setdefault("pipeline", {})[name] = {"crop": crop.to_dict(), "found": float(found.mean()),
                                                     "accuracy_all": a_all, "macro_f1_all": f_all,
                                                     "accuracy_found": a_f, "macro_f1_found": f_f}
-    table(["pipeline", "found", "", "n", "accuracy (all)", "macro-F1 (all)", "accuracy (found)", "macro-F1 (found)"],
+    table(["pipeline", "found", "n", "accuracy (all)", "macro-F1 (all)", "accuracy (found)", "macro-F1 (found)"],
           rows, f"Emotion, end to end (macro-F1 over the {len(sc.present)} classes present)")
     first = next(iter(dets), None)
     if first is not None:

@@ -327,49 +327,61 @@ def draw_results(image: np.ndarray, results: Sequence[FaceResult], *, labels: Se
     unit = max(0.6, min(H, W) / 480.0)
     font = cv2.FONT_HERSHEY_SIMPLEX
     aa = cv2.LINE_AA
+    pad = max(2, int(3 * unit))
+    thick = max(1, int(round(2 * unit)))
+    # boxes first, then probability panels, then tags, so every tag stays readable on top
     for r in results:
         x, y, w, h = (int(v) for v in r.box)
-        color = emotion_color(r.emotion)
-        thick = max(1, int(round(2 * unit)))
-        cv2.rectangle(out, (x, y), (x + w, y + h), color, thick, aa)
-        tag = (f"#{r.track} " if (show_track and r.track is not None) else "") + f"{r.emotion} {r.score * 100:.0f}%"
-        fs = 0.55 * unit
-        ft = max(1, int(round(unit)))
-        (tw, th), base = cv2.getTextSize(tag, font, fs, ft)
-        pad = max(2, int(3 * unit))
-        mr = int(max(8, min(0.16 * max(w, h), 28 * unit)))  # marker radius
-        tag_h = max(th + base + 2 * pad, 2 * mr + 2 if marker else 0)
-        ty0 = y - tag_h if y - tag_h >= 0 else min(H - tag_h, y + h)  # above the box, else below
-        ty0 = max(0, ty0)
-        tx0 = min(max(0, x), max(0, W - 1))
-        x_text = tx0 + (2 * mr + 2 * pad if marker else 0)
-        cv2.rectangle(out, (tx0, ty0), (x_text + tw + 2 * pad, ty0 + tag_h), color, -1)
-        cv2.putText(out, tag, (x_text + pad, ty0 + (tag_h + th) // 2), font, fs, _text_color(color), ft, aa)
-        if marker:
-            draw_marker(out, r.emotion, (tx0 + pad + mr, ty0 + tag_h // 2), mr)
-        if bars and r.probabilities:
+        cv2.rectangle(out, (x, y), (x + w, y + h), emotion_color(r.emotion), thick, aa)
+    if bars:
+        for r in results:
+            if not r.probabilities:
+                continue
+            x, y, w, h = (int(v) for v in r.box)
             names = list(labels) if labels is not None else list(r.probabilities)
-            bfs = 0.4 * unit
-            bft = 1
-            row = int(max(10, 14 * unit))
-            name_w = max(cv2.getTextSize(n, font, bfs, bft)[0][0] for n in names)
-            bar_len = int(60 * unit)
+            bfs = 0.38 * unit
+            row = int(max(9, 13 * unit))
+            name_w = max(cv2.getTextSize(n, font, bfs, 1)[0][0] for n in names)
+            bar_len = int(50 * unit)
             panel_w = name_w + bar_len + 3 * pad
             panel_h = row * len(names) + pad
             px0 = x + w + pad
+            py0 = y
             if px0 + panel_w > W:  # no room on the right: try the left, else inside the box
-                px0 = x - pad - panel_w if x - pad - panel_w >= 0 else max(0, min(W - panel_w, x))
-            py0 = max(0, min(y, H - panel_h))
+                if x - pad - panel_w >= 0:
+                    px0 = x - pad - panel_w
+                else:
+                    px0 = max(0, min(W - panel_w, x))
+                    py0 = y + int(40 * unit)  # below the tag, which then sits inside the box's top
+            py0 = max(0, min(py0, H - panel_h))
             roi = out[py0:py0 + panel_h, px0:px0 + panel_w]
             if roi.size:
                 roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken for contrast
             for k, name in enumerate(names):
                 p = float(r.probabilities.get(name, 0.0))
                 yy = py0 + pad + k * row
-                cv2.putText(out, name, (px0 + pad, yy + row - 4), font, bfs, (235, 235, 235), bft, aa)
+                cv2.putText(out, name, (px0 + pad, yy + row - 3), font, bfs, (235, 235, 235), 1, aa)
                 bx0 = px0 + 2 * pad + name_w
                 cv2.rectangle(out, (bx0, yy + 2), (bx0 + max(1, int(bar_len * p)), yy + row - 2),
                               emotion_color(name), -1)
+    for r in results:
+        x, y, w, h = (int(v) for v in r.box)
+        color = emotion_color(r.emotion)
+        tag = (f"#{r.track} " if (show_track and r.track is not None) else "") + f"{r.emotion} {r.score * 100:.0f}%"
+        fs = 0.5 * unit
+        ft = max(1, int(round(unit)))
+        (tw, th), base = cv2.getTextSize(tag, font, fs, ft)
+        text_h = th + base + 2 * pad
+        mr = max(6, text_h // 2 + pad) if marker else 0  # marker radius
+        tag_h = max(text_h, 2 * mr + 2)
+        ty0 = y - tag_h if y - tag_h >= 0 else max(0, y)  # above the box, else inside its top
+        ty0 = min(ty0, max(0, H - tag_h))
+        tx0 = min(max(0, x), max(0, W - 1))
+        x_text = tx0 + (2 * mr + pad if marker else 0)
+        cv2.rectangle(out, (tx0, ty0), (x_text + tw + 2 * pad, ty0 + tag_h), color, -1)
+        cv2.putText(out, tag, (x_text + pad, ty0 + (tag_h + th) // 2), font, fs, _text_color(color), ft, aa)
+        if marker:
+            draw_marker(out, r.emotion, (tx0 + mr + 1, ty0 + tag_h // 2), mr)
     if caption:
         fs = 0.6 * unit
         ft = max(1, int(round(unit)))
