@@ -206,6 +206,9 @@ class EmotionClassifier:
         self.threads = threads or _default_threads()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads
+        # no busy-waiting between calls: spinning threads steal the CPU from the face detector (its own
+        # OpenMP pool) and from video decoding on a 2-core machine (benchmarks/bench_inference.py)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
