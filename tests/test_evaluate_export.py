@@ -33,7 +33,8 @@ EVAL_KEYS = {"accuracy", "loss", "macro_f1", "per_class", "confusion_matrix", "c
 
 @register_model("_test_tiny_bn", family="test", source="tests", label_set="fer7", optimizer="adam", lr=3e-3,
                 momentum=None, nesterov=False, weight_decay=0.0, batch_size=32, epochs=1, schedule="constant",
-                schedule_params=None, clean=None, split="usage", augment="none")
+                schedule_params=None, clean=None, split="usage", augment="none", tta=None,
+                reported_accuracy="n/a", description="tiny conv net with BatchNorm, for tests")
 def _tiny_bn(num_classes: int = 7, width: int = 8):
     """Small conv net with BatchNorm (2-D and 1-D) and dropout, fast to train (no LRN: its backward is slow)."""
     return nn.Sequential(

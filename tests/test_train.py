@@ -41,7 +41,8 @@ class _Tiny(nn.Module):
 
 @register_model(TINY, family="test", label_set="fer7", optimizer="adam", lr=1e-2, momentum=None, nesterov=False,
                 weight_decay=0.0, batch_size=16, epochs=3, schedule="cosine", schedule_params=None, clean=None,
-                split="usage", augment="light")
+                split="usage", augment="light", tta=None, source="tests", reported_accuracy="n/a",
+                description="tiny conv net for training tests")
 def _tiny(num_classes: int = 7, **kw):
     return _Tiny(num_classes, **kw)
 
