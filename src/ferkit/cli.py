@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "predict",   # ferkit predict
     "live",      # ferkit live
     "serve",     # ferkit serve
+    "anonymize", # ferkit anonymize
+    "privacy",   # ferkit privacy-report
 ]
 
 

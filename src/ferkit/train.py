@@ -72,7 +72,9 @@ class TrainConfig:
     ferplus8), ``split`` ('usage': Training/PublicTest/PrivateTest; 'random': stratified 80/10/10 drawn
     with ``split_seed``), ``limit`` (first N rows per split), ``skip_bad``, ``ferplus`` (path of
     fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' targets), ``clean`` (rule names),
-    ``preprocess`` (``PreprocessSpec`` fields).
+    ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
+    ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
+    training, for the privacy experiment).
     Optimisation: ``epochs``, ``batch_size`` (global: split across data-parallel processes),
     ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
@@ -103,6 +105,7 @@ class TrainConfig:
     ferplus: str | None = None
     ferplus_mode: str | None = None
     clean: list[str] | None = None
+    obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -139,7 +142,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0,
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
-    "overwrite": False,
+    "overwrite": False, "obfuscate": None,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
@@ -248,6 +251,10 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("choose a run directory with --out DIR")
     if not cfg.data:
         bad("choose the training data with --data PATH (fer2013.csv[.gz] or an image-folder root)")
+    if cfg.obfuscate:
+        from .privacy.obfuscate import parse_obfuscation
+
+        parse_obfuscation(cfg.obfuscate)  # a FerkitError names what is wrong
     if cfg.optimizer not in OPTIMIZERS:
         bad(f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     if cfg.schedule not in SCHEDULES:
@@ -682,6 +689,13 @@ def train(config: TrainConfig) -> Path:
                 dist.destroy_process_group()
 
 
+def ob_batch(images: np.ndarray, ob) -> np.ndarray:
+    """Obfuscate a stack of faces with an :class:`ferkit.privacy.obfuscate.Obfuscation`."""
+    from .privacy.obfuscate import obfuscate_batch
+
+    return obfuscate_batch(images, ob.method, ob.strength)
+
+
 def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) -> Path:
     from tqdm import tqdm
 
@@ -702,6 +716,12 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     if resume_ckpt is not None and resume_ckpt["data"].get("data_sha256") != splits.info.get("data_sha256"):
         raise FerkitError(f"{cfg.data} is not the file this run was trained on (sha256 differs); "
                           f"resume with the original data")
+    if cfg.obfuscate:  # the privacy experiment: learn from obfuscated faces only
+        from .privacy.obfuscate import parse_obfuscation
+
+        ob = parse_obfuscation(cfg.obfuscate)
+        for part in (splits.train, splits.val):
+            part.images = ob_batch(part.images, ob)
     spec = PreprocessSpec.from_dict(cfg.preprocess)
     labels, num_classes = tuple(splits.labels), len(splits.labels)
     data_device = rt.device  # the whole (small) data set lives where the model does

@@ -85,6 +85,8 @@ def register(subparsers) -> None:
     g.add_argument("--ferplus", metavar="PATH", help="FER+ labels (fer2013new.csv)")
     g.add_argument("--ferplus-mode", choices=["majority", "soft"], help="FER+ majority vote or soft vote targets")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
+    g.add_argument("--obfuscate", metavar="METHOD-STRENGTH",
+                   help="train and select on obfuscated faces (privacy experiment), e.g. pixelate-8, blur-2, fill")
     g.add_argument("--preprocess", metavar="KEY=VALUE[,...]", help="PreprocessSpec fields, e.g. equalize=true")
 
     g = p.add_argument_group("optimisation")
@@ -129,7 +131,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
-          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "batch_size", "eval_batch_size", "optimizer",
+          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 
