@@ -87,6 +87,21 @@ def _score(lm, faces: np.ndarray, labels: np.ndarray, tta: str | None = None) ->
     return {"accuracy": float((pred == labels).mean()), "macro_f1": float(macro_f1(labels, pred, len(lm.labels)))}
 
 
+def _model_file_info(model: str) -> dict[str, Any]:
+    """Which file the scored model is (its sha256), so the report stays tied to it if the default changes."""
+    import hashlib
+
+    from ..checkpoint import resolve_checkpoint
+    from ..evaluate import _is_onnx_ref
+    from ..runtime import resolve_model_path
+
+    try:
+        path = resolve_model_path(model) if _is_onnx_ref(model) else resolve_checkpoint(model)
+    except FerkitError:
+        return {"name": str(model)}
+    return {"name": str(model), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
 def _train_classifier(settings: ReportSettings, ob: Obfuscation | None, run_dir: Path, log) -> Path:
     """A ferkit training run on obfuscated faces (``ob`` None: clean faces, the control)."""
     from ..train import TrainConfig, train
@@ -192,8 +207,10 @@ def render_markdown(report: dict[str, Any], command: str | None = None) -> str:
     out += [
         f"FER2013 `{Path(s['data']).name}` (sha256 `{report['data_sha256'][:16]}…`), Usage split: classifiers and "
         f"recovery networks trained on Training ({report['counts']['train']} faces), selected on PublicTest "
-        f"({report['counts']['val']}), scored on PrivateTest ({n_test}). Default model: `{s['model']}`. "
-        f"Classifiers on obfuscated faces: "
+        f"({report['counts']['val']}), scored on PrivateTest ({n_test}). Default model: `{s['model']}`"
+        + (f" (`{report['model_file']['file']}`, sha256 `{report['model_file']['sha256'][:16]}…`). "
+           if (report.get("model_file") or {}).get("sha256") else ". ")
+        + "Classifiers on obfuscated faces: "
         + (f"fine-tuned from `{s['init']}`" if s.get("init") else f"`{s['arch']}` trained from scratch")
         + f" for {s['classifier_epochs']} epochs (recipe cpu-fast); recovery U-Net (base {s['recovery_base']}, "
         f"{report.get('recovery_parameters', 0) / 1e6:.2f} M parameters): {s['recovery_epochs']} epochs, L1 loss."
@@ -262,6 +279,8 @@ def privacy_report(settings: ReportSettings, out: str | os.PathLike, *, log: Cal
         else:
             log(f"{json_path} has other settings; starting over")
     done = {r["method"] for r in report["rows"]}
+    if "model_file" not in report:
+        report["model_file"] = _model_file_info(settings.model)
 
     rng = np.random.default_rng(settings.seed)
     grid_idx = np.sort(rng.choice(len(te), size=min(settings.grid_faces, len(te)), replace=False))
