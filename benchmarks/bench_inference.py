@@ -32,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import print_table  # noqa: E402
 
 import cv2  # noqa: E402
 
@@ -42,14 +44,7 @@ FACES_DEV = DATA / "faces-dev"
 
 
 def table(title, headers, rows):
-    print(f"\n## {title}\n")
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells[1:]:
-        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |")
-    sys.stdout.flush()
+    print_table(title, headers, rows, fmt=_fmt)
 
 
 def _fmt(v):

@@ -61,6 +61,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _table  # noqa: E402
 
 import cv2  # noqa: E402
 
@@ -284,13 +287,7 @@ def print_table(title: str, rows: list[Row]) -> None:
             "-" if r.speed_vs_fer is None else f"{r.speed_vs_fer:.2f}x",
             "-" if r.accuracy_minus_fer is None else f"{r.accuracy_minus_fer:+.2f} pts",
         ])
-    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells[1:]:
-        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |")
-    sys.stdout.flush()
+    _table.print_table(title, cells[0], cells[1:])
 
 
 def main(argv=None) -> int:

@@ -433,6 +433,16 @@ def csv_row(source: str, frame: int | None, t: float | None, face, labels: Seque
             + [f"{face.probabilities.get(lab, 0.0):.4f}" for lab in labels])
 
 
+def progress_bar(reader: "FrameReader", max_frames: int | None = None):
+    """A tqdm bar over the frames ``reader`` will give (its total unknown for cameras and some files)."""
+    from tqdm import tqdm
+
+    total = reader.frame_count
+    if total and max_frames:
+        total = min(total, max_frames)
+    return tqdm(total=total, desc=Path(reader.name).name, unit="frame", leave=False)
+
+
 def process_video(source, analyzer, *, save_video: str | os.PathLike | None = None,
                   csv_writer=None, plot: str | os.PathLike | None = None, smoothing: float = 0.3,
                   max_frames: int | None = None, stride: int = 1,
@@ -453,14 +463,7 @@ def process_video(source, analyzer, *, save_video: str | os.PathLike | None = No
     labels = list(analyzer.labels)
     timeline = Timeline(len(labels))
     sink = VideoSink(save_video, reader.fps / max(1, stride)) if save_video else None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = reader.frame_count
-        if total and max_frames:
-            total = min(total, max_frames)
-        bar = tqdm(total=total, desc=Path(reader.name).name, unit="frame", leave=False)
+    bar = progress_bar(reader, max_frames) if progress else None
     t0 = time.perf_counter()
     try:
         for fr in iter_video(reader, analyzer, smoothing=smoothing):

@@ -486,7 +486,7 @@ class Anonymizer:
         ``max_frames`` or Ctrl+C (then ``report.interrupted``). Raises FerkitError when the source cannot be
         opened or holds no readable frame.
         """
-        from ..video import FrameReader, VideoSink
+        from ..video import FrameReader, VideoSink, progress_bar
 
         reader = FrameReader(source, max_frames=max_frames)
         if dest is not None and not reader.is_camera:
@@ -496,14 +496,7 @@ class Anonymizer:
                 raise FerkitError(f"{d}: would overwrite the source video; choose another output folder")
         report = VideoAnonymizeReport(source=reader.name, fps=reader.fps)
         sink = VideoSink(dest, reader.fps) if dest is not None else None
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            total = reader.frame_count
-            if total and max_frames:
-                total = min(total, max_frames)
-            bar = tqdm(total=total, desc=Path(reader.name).name, unit="frame", leave=False)
+        bar = progress_bar(reader, max_frames) if progress else None
         t0 = time.perf_counter()
         try:
             for fr in self.stream(frame for _, _, frame in reader):
