@@ -1,0 +1,110 @@
+"""The reproduction table of the README: each architecture trained with ferkit, scored on PrivateTest.
+
+    python benchmarks/reproduce.py --commands            # the training command of every row
+    python benchmarks/reproduce.py --runs runs/          # evaluate the runs that exist, print the table
+
+Every row names the ``ferkit train`` command that produces its run directory ``runs/repro_<row>`` (the
+architecture's literature recipe comes from the model registry: its label set, cleaning, optimiser and
+sampling; the epochs are fewer than the sources' where the CPU budget demands it, and the table says how
+many were run). The table is computed from the run directories that exist (``ferkit.evaluate`` on the
+``PrivateTest`` split in the model's own label set, or the random test split for a model trained on a
+random split); a row without a run says so and shows no number. Selection was on PublicTest in every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import print_table  # noqa: E402
+
+DATA = Path(os.environ.get("FERKIT_DATA_DIR", ROOT.parent / "shared" / "data")) / "fer2013" / "fer2013.csv.gz"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str          # run directory runs/repro_<name> (the release/default rows name their own runs)
+    arch: str
+    recipe: str        # in words
+    train_args: str    # after `ferkit train --data $D`
+    reported: str      # what the source reported
+
+
+ROWS = [
+    Row("gudi", "gudi", "source recipe: SGD lr 0.001 momentum 0.9, batch 50, fer7",
+        "--arch gudi --epochs 30 --out runs/repro_gudi", "74% (a different, posed data set; not FER2013)"),
+    Row("oleniuk", "oleniuk", "source recipe: Adam lr 0.001, fer6 (angry+disgust), histogram cleaning, undersampling",
+        "--arch oleniuk --epochs 30 --out runs/repro_oleniuk", "56% (6 classes)"),
+    Row("rathi", "rathi", "source recipe: Adam lr 0.001, fer5, 16 epochs",
+        "--arch rathi --out runs/repro_rathi", "64.59% (5 classes)"),
+    Row("mehra", "mehra", "source recipe: Adam lr 0.001, batch 64, random 80/10/10 split",
+        "--arch mehra --epochs 30 --out runs/repro_mehra", "65.0% (random split)"),
+    Row("vgg", "vgg", "SGD Nesterov lr 0.01, plateau, fer7",
+        "--arch vgg --epochs 60 --out runs/repro_vgg", "73.28% (ten-crop TTA, ~300 epochs)"),
+    Row("efficient", "fastres_s", "cpu-fast: SGD Nesterov one-cycle, label smoothing 0.1, 50 epochs",
+        "--recipe cpu-fast --arch fastres_s --epochs 50 --out runs/default_fastres_s", "-"),
+]
+
+
+def run_dir_for(row: Row) -> Path:
+    args = row.train_args.split()
+    return Path(args[args.index("--out") + 1])
+
+
+def measure(row: Row, base: Path, data: Path, threads: int | None) -> dict | None:
+    from ferkit.checkpoint import load_checkpoint
+    from ferkit.evaluate import evaluate
+    from ferkit.models import count_parameters, create_model
+
+    run = base / run_dir_for(row).name
+    if not (run / "best.pt").exists():
+        return None
+    ckpt = load_checkpoint(run)
+    cfg = ckpt.get("config") or {}
+    res = evaluate(run, data, split="PrivateTest", threads=threads)
+    net = create_model(ckpt["arch"], num_classes=len(ckpt["labels"]), **(cfg.get("arch_kwargs") or {}))
+    history = ckpt.get("history") or []
+    return {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "label_set": res.get("label_set"),
+            "n": res["n"], "params": count_parameters(net), "epochs": cfg.get("epochs") or len(history),
+            "best_epoch": ckpt.get("best_epoch"), "split": cfg.get("split", "usage"),
+            "tta": res["tta"], "hours": sum(h.get("epoch_time_s", 0) for h in history) / 3600}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--runs", default=str(ROOT / "runs"), help="folder holding the run directories")
+    ap.add_argument("--commands", action="store_true", help="print the training commands and exit")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the measured rows here")
+    args = ap.parse_args(argv)
+    if args.commands:
+        for row in ROWS:
+            print(f"ferkit train --data {args.data} {row.train_args}")
+        return 0
+    measured, table = {}, []
+    for row in ROWS:
+        m = measure(row, Path(args.runs), Path(args.data), args.threads)
+        measured[row.name] = m
+        cmd = f"`ferkit train --data $D {row.train_args}`"
+        if m is None:
+            table.append([row.name, row.arch, "-", row.recipe, "not trained yet", row.reported, cmd])
+            continue
+        where = "PrivateTest" if m["split"] == "usage" else "random test split"
+        table.append([row.name, row.arch, f"{m['params'] / 1e6:.2f} M", f"{row.recipe}; {m['epochs']} epochs run",
+                      f"{100 * m['accuracy']:.2f}% ({m['label_set']}, {where}, TTA {m['tta']})", row.reported, cmd])
+    print_table("Reproduction table (PrivateTest accuracy with ferkit; selection on PublicTest)",
+                ["row", "architecture", "parameters", "recipe", "ferkit accuracy", "source reported", "command"], table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(measured, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
