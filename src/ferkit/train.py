@@ -689,13 +689,6 @@ def train(config: TrainConfig) -> Path:
                 dist.destroy_process_group()
 
 
-def ob_batch(images: np.ndarray, ob) -> np.ndarray:
-    """Obfuscate a stack of faces with an :class:`ferkit.privacy.obfuscate.Obfuscation`."""
-    from .privacy.obfuscate import obfuscate_batch
-
-    return obfuscate_batch(images, ob.method, ob.strength)
-
-
 def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) -> Path:
     from tqdm import tqdm
 
@@ -717,11 +710,11 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         raise FerkitError(f"{cfg.data} is not the file this run was trained on (sha256 differs); "
                           f"resume with the original data")
     if cfg.obfuscate:  # the privacy experiment: learn from obfuscated faces only
-        from .privacy.obfuscate import parse_obfuscation
+        from .privacy.obfuscate import obfuscate_batch, parse_obfuscation
 
         ob = parse_obfuscation(cfg.obfuscate)
         for part in (splits.train, splits.val):
-            part.images = ob_batch(part.images, ob)
+            part.images = obfuscate_batch(part.images, ob.method, ob.strength)
     spec = PreprocessSpec.from_dict(cfg.preprocess)
     labels, num_classes = tuple(splits.labels), len(splits.labels)
     data_device = rt.device  # the whole (small) data set lives where the model does

@@ -309,10 +309,10 @@ def privacy_report(settings: ReportSettings, out: str | os.PathLike, *, log: Cal
         save()
 
     for ob in obs:
-        test_ob = obfuscate_batch(te.images, ob.method, ob.strength)
         if ob.name in done:
             log(f"{ob.name}: done already")
             continue
+        test_ob = obfuscate_batch(te.images, ob.method, ob.strength)
         t0 = time.perf_counter()
         log(f"{ob.name}: default model on obfuscated PrivateTest faces")
         row = {"method": ob.name, "obfuscation": {"method": ob.method, "strength": ob.strength},
