@@ -452,8 +452,34 @@ def test_prepare_splits_with_ferplus_majority_and_soft(tmp_path):
     assert maj.info["ferplus"]["reasons"]["tie"] == 3 and maj.info["ferplus"]["reasons"]["no_image"] == 1
     fer7 = prepare_splits(str(csv), label_set="fer7", ferplus=str(fp))
     assert fer7.val.rows.tolist() == []  # contempt is not in fer7
-    with pytest.raises(FerkitError, match="'majority' or 'soft'"):
+    with pytest.raises(FerkitError, match="unknown FER\\+ mode 'vote'"):
         prepare_splits(str(csv), ferplus=str(fp), ferplus_mode="vote")
+
+
+def test_prepare_splits_ferplus_blend_keeps_fer2013_labels(tmp_path):
+    csv, fp = make_ferplus_pair(tmp_path)  # FER2013 label of row i is i % 7
+    b = prepare_splits(str(csv), label_set="fer7", ferplus=str(fp), ferplus_mode="blend", ferplus_weight=0.5)
+    # every image and every label is FER2013's (val and test too): FER+ only shapes the training target
+    assert b.train.rows.tolist() == [0, 1, 2, 3, 4, 5] and b.train.labels.tolist() == [0, 1, 2, 3, 4, 5]
+    assert b.val.labels.tolist() == [6, 0] and b.test.labels.tolist() == [1, 2]
+    e = {name: i for i, name in enumerate(EMOTIONS)}
+    # row 0: FER2013 angry; FER+ votes happy 8, neutral 1, surprise 1 -> half one-hot, half votes
+    want0 = np.zeros(7, np.float32)
+    want0[e["angry"]], want0[e["happy"]], want0[e["surprise"]], want0[e["neutral"]] = 0.5, 0.4, 0.05, 0.05
+    assert np.allclose(b.train.soft[0], want0)
+    # row 1: FER2013 disgust; FER+ neutral 6, surprise 1, sad 1 (the 2 unknown votes are not part of it)
+    assert b.train.soft[1, e["disgust"]] == pytest.approx(0.5) and b.train.soft[1, e["neutral"]] == pytest.approx(0.375)
+    # rows FER+ drops (tie, unknown on top, not a face, dropped) keep the plain one-hot FER2013 label
+    for i in (2, 3, 4, 5):
+        assert np.array_equal(b.train.soft[i], np.eye(7, dtype=np.float32)[i])
+    assert np.allclose(b.train.soft.sum(1), 1)
+    assert b.info["ferplus"]["mode"] == "blend" and b.info["ferplus"]["blended"] == 3  # rows 0, 1 and 8
+    w1 = prepare_splits(str(csv), label_set="fer7", ferplus=str(fp), ferplus_mode="blend", ferplus_weight=1.0)
+    assert w1.train.soft[0, e["angry"]] == 0 and w1.train.soft[0, e["happy"]] == pytest.approx(0.8)
+    with pytest.raises(FerkitError, match="FER2013 label set"):
+        prepare_splits(str(csv), label_set="ferplus8", ferplus=str(fp), ferplus_mode="blend")
+    with pytest.raises(FerkitError, match="blend weight"):
+        prepare_splits(str(csv), label_set="fer7", ferplus=str(fp), ferplus_mode="blend", ferplus_weight=1.5)
 
 
 def test_ferplus_alignment_survives_skipped_csv_rows(tmp_path):

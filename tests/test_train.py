@@ -266,6 +266,8 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--data", "MISSING"], "no such file"),
     (["--optimizer", "adam", "--nesterov"], "Nesterov"),
     (["--ferplus-mode", "soft"], "--ferplus-mode needs --ferplus"),
+    (["--ferplus", "x.csv", "--ferplus-mode", "blend", "--label-set", "ferplus8"], "blend keeps FER2013's labels"),
+    (["--ferplus", "x.csv", "--ferplus-mode", "blend", "--ferplus-weight", "2"], "--ferplus-weight"),
     (["--epochs", "0"], "epochs"),
     (["--label-smoothing", "1.5"], "label smoothing"),
     (["--sample-cap", "5"], "--sample-cap needs"),
@@ -396,3 +398,22 @@ def test_ferplus_soft_targets_are_used(tiny_fer_csv, tmp_path):
         losses[mode] = ck["history"][0]["train_loss"]
     # the same images and seed: only the targets differ (soft targets hold 30% 'neutral'/'sad' mass)
     assert losses["soft"] != pytest.approx(losses["majority"], rel=1e-3)
+
+
+def test_ferplus_blend_trains_fer7_on_fer2013_labels(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    fp = _write_ferplus(tiny_fer_csv, tmp_path / "fer2013new.csv")
+    runs = {}
+    for name, extra in (("plain", {}), ("blend", {"ferplus": str(fp), "ferplus_mode": "blend", "ferplus_weight": 0.5})):
+        runs[name] = train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / name), arch=TINY, epochs=1,
+                                       augment="none", progress=False, threads=1, **extra))
+    ck = _load(runs["blend"] / "last.pt")
+    assert ck["label_set"] == "fer7" and ck["num_classes"] == 7
+    cfg = json.loads((runs["blend"] / "config.json").read_text())
+    assert cfg["ferplus_mode"] == "blend" and cfg["ferplus_weight"] == 0.5
+    plain = _load(runs["plain"] / "last.pt")["history"][0]
+    blend = ck["history"][0]
+    # same images, same seed, same validation labels: only the training target differs
+    assert blend["train_loss"] != pytest.approx(plain["train_loss"], rel=1e-3)
+    assert blend["val_loss"] != pytest.approx(plain["val_loss"], rel=1e-6)

@@ -17,6 +17,16 @@ from .errors import FerkitError
 SPLITS = ("Training", "PublicTest", "PrivateTest")
 
 
+def _ferplus_text(cfg: dict) -> str:
+    if not cfg.get("ferplus"):
+        return "no"
+    mode = cfg.get("ferplus_mode") or "majority"
+    if mode == "blend":
+        return (f"`{cfg['ferplus']}` as extra supervision (blend: training target = "
+                f"{1 - cfg.get('ferplus_weight', 0.5):g} x FER2013 label + {cfg.get('ferplus_weight', 0.5):g} x FER+ votes; "
+                f"labels and evaluation are FER2013's)")
+    return f"`{cfg['ferplus']}` ({mode} targets)"
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -85,7 +95,7 @@ def write_model_card(
         f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
         f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
         "PrivateTest was not used for any choice.",
-        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {cfg.get('ferplus') or 'no'}.",
+        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}.",
         "",
         "## Recipe",
         "",

@@ -57,7 +57,7 @@ from .preprocess import PreprocessSpec, prepare_faces
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FERPLUS_MODES = ("majority", "soft")
+FERPLUS_MODES = ("majority", "soft", "blend")
 RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.json", "metrics.csv", "curves.png")
 KILL_HOOK_ENV = "FERKIT_TEST_KILL_AFTER_EPOCH"
 
@@ -71,7 +71,8 @@ class TrainConfig:
     Data: ``data`` (FER2013 CSV/.csv.gz or image-folder root), ``label_set`` (fer7, fer6, fer5,
     ferplus8), ``split`` ('usage': Training/PublicTest/PrivateTest; 'random': stratified 80/10/10 drawn
     with ``split_seed``), ``limit`` (first N rows per split), ``skip_bad``, ``ferplus`` (path of
-    fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' targets), ``clean`` (rule names),
+    fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' FER+ targets, or 'blend': FER2013's labels
+    with the target softened towards the FER+ votes by ``ferplus_weight``), ``clean`` (rule names),
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
@@ -104,6 +105,7 @@ class TrainConfig:
     skip_bad: bool | None = None
     ferplus: str | None = None
     ferplus_mode: str | None = None
+    ferplus_weight: float = 0.5
     clean: list[str] | None = None
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
@@ -142,7 +144,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0,
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
-    "overwrite": False, "obfuscate": None,
+    "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
@@ -236,7 +238,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if merged.get("ferplus"):
         merged.setdefault("ferplus_mode", None)
         merged["ferplus_mode"] = merged["ferplus_mode"] or "majority"
-        if "label_set" not in given:
+        if "label_set" not in given and merged["ferplus_mode"] != "blend":
             merged["label_set"] = "ferplus8"
     cfg = TrainConfig(**{f.name: merged.get(f.name) for f in fields(TrainConfig)})
     _check_config(cfg)
@@ -278,6 +280,10 @@ def _check_config(cfg: TrainConfig) -> None:
         bad(f"unknown FER+ mode {cfg.ferplus_mode!r}; choose one of {', '.join(FERPLUS_MODES)}")
     if cfg.ferplus_mode is not None and not cfg.ferplus:
         bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
+    if cfg.ferplus_mode == "blend" and cfg.label_set == "ferplus8":
+        bad("--ferplus-mode blend keeps FER2013's labels: use it with --label-set fer7, fer6 or fer5")
+    if not 0 <= cfg.ferplus_weight <= 1:
+        bad(f"--ferplus-weight must lie in [0, 1], got {cfg.ferplus_weight}")
     checks = [
         (isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be a whole number >= 1, got {cfg.epochs}"),
         (isinstance(cfg.batch_size, int) and cfg.batch_size >= 2, f"batch size must be >= 2, got {cfg.batch_size}"),
@@ -477,6 +483,7 @@ def _load_splits(cfg: TrainConfig):
     kwargs: dict[str, Any] = {"label_set": cfg.label_set, "split": cfg.split, "seed": cfg.split_seed,
                               "skip_bad": cfg.skip_bad, "limit": cfg.limit}
     optional = {"ferplus": cfg.ferplus, "ferplus_mode": cfg.ferplus_mode if cfg.ferplus else None,
+                "ferplus_weight": cfg.ferplus_weight if cfg.ferplus_mode == "blend" else None,
                 "clean": list(cfg.clean) if cfg.clean else None}
     known = inspect.signature(prepare_splits).parameters
     for name, value in optional.items():
@@ -721,7 +728,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     train_x = torch.from_numpy(prepare_faces(splits.train.images, spec)).to(data_device)
     train_y = torch.from_numpy(np.asarray(splits.train.labels, np.int64)).to(data_device)
     train_soft = None
-    if cfg.ferplus_mode == "soft":
+    if cfg.ferplus_mode in ("soft", "blend"):
         if splits.train.soft is None:
             raise FerkitError("soft FER+ targets were asked for but the data loader returned none")
         train_soft = torch.from_numpy(np.asarray(splits.train.soft, np.float32)).to(data_device)

@@ -83,7 +83,11 @@ def register(subparsers) -> None:
     g.add_argument("--limit", type=int, metavar="N", help="use only the first N rows of each split (quick runs)")
     g.add_argument("--skip-bad", action="store_true", default=None, help="skip malformed CSV rows instead of failing")
     g.add_argument("--ferplus", metavar="PATH", help="FER+ labels (fer2013new.csv)")
-    g.add_argument("--ferplus-mode", choices=["majority", "soft"], help="FER+ majority vote or soft vote targets")
+    g.add_argument("--ferplus-mode", choices=["majority", "soft", "blend"],
+                   help="FER+ majority vote or soft vote targets; blend: keep FER2013's labels and soften the "
+                        "training target towards the FER+ votes (extra supervision)")
+    g.add_argument("--ferplus-weight", type=float, metavar="W",
+                   help="weight of the FER+ votes in blend mode (default 0.5)")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
     g.add_argument("--obfuscate", metavar="METHOD-STRENGTH",
                    help="train and select on obfuscated faces (privacy experiment), e.g. pixelate-8, blur-2, fill")
@@ -131,7 +135,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
-          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
+          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 

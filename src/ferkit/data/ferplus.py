@@ -22,6 +22,11 @@ Label rule (``ferplus_targets``), documented because FER+ papers differ here:
 validation and test sets (and their hard labels) are identical and accuracies are comparable across
 modes; only the training target differs (``Subset.soft`` is the vote distribution in soft mode and the
 one-hot majority label in majority mode).
+
+``blend`` mode (FER+ as extra supervision for a FER2013 model) keeps FER2013's own images and labels, so
+validation and test are the standard FER2013 ones; only the training target becomes
+``(1 - w) * one-hot(FER2013 label) + w * FER+ vote distribution`` for images FER+ keeps (the others keep
+their one-hot label).
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ FERPLUS_HEADER: tuple[str, ...] = (
 )
 VOTE_COLUMNS: tuple[str, ...] = FERPLUS_HEADER[2:]  # 8 emotions, unknown, NF
 UNKNOWN, NOT_FACE = 8, 9  # vote-column indices
-FERPLUS_MODES: tuple[str, ...] = ("majority", "soft")
+FERPLUS_MODES: tuple[str, ...] = ("majority", "soft", "blend")
 
 # why an image has no FER+ label (codes used in reports)
 DROP_REASONS: tuple[str, ...] = ("kept", "no_image", "tie", "unknown", "not_face", "excluded_class", "no_votes")

@@ -88,23 +88,43 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
-def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str) -> tuple[np.ndarray, np.ndarray, dict]:
+def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), np.float32)
+    kept = labels >= 0
+    out[np.flatnonzero(kept), labels[kept]] = 1.0
+    return out
+
+
+def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: float = 0.5
+                    ) -> tuple[np.ndarray, np.ndarray, dict]:
     from .ferplus import FERPLUS_MODES, align_ferplus, ferplus_targets, load_ferplus, reason_counts
 
     if mode not in FERPLUS_MODES:
-        raise FerkitError(f"unknown FER+ mode {mode!r}; use 'majority' or 'soft'")
+        raise FerkitError(f"unknown FER+ mode {mode!r}; use one of {', '.join(FERPLUS_MODES)}")
     fp = load_ferplus(ferplus)
     n_csv_rows = int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
     align_ferplus(fp, ds.rows, ds.usage, n_csv_rows, ds.path)
     labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows])
-    if mode == "majority":
-        onehot = np.zeros_like(soft)
-        kept = labels >= 0
-        onehot[np.flatnonzero(kept), labels[kept]] = 1.0
-        soft = onehot
     info = {"path": str(ferplus), "sha256": fp.sha256, "mode": mode,
             "rule": "plurality over classes+unknown+NF; ties, unknown, NF, excluded classes and FER+-dropped images removed",
             "reasons": reason_counts(reason)}
+    if mode == "majority":
+        soft = _onehot(labels, soft.shape[1])
+    elif mode == "blend":  # FER2013's own labels stay the labels; FER+ votes only soften the training target
+        if not 0 <= weight <= 1:
+            raise FerkitError(f"the FER+ blend weight must lie in [0, 1], got {weight}")
+        ls = get_label_set(label_set)
+        if ls.from_fer7 is None:
+            raise FerkitError(f"FER+ blend mode keeps FER2013's labels, so it needs a FER2013 label set "
+                              f"(fer7, fer6, fer5), not {label_set!r}")
+        labels = ls.map_fer7(ds.labels)
+        target = _onehot(labels, soft.shape[1])
+        has_votes = (reason == 0) & (labels >= 0)
+        target[has_votes] = (1 - weight) * target[has_votes] + weight * soft[has_votes]
+        soft = target
+        info.update({"weight": float(weight), "blended": int(has_votes.sum()),
+                     "rule": "target = (1 - weight) * one-hot FER2013 label + weight * FER+ vote distribution, "
+                             "where FER+ keeps the image (else the one-hot label); labels and evaluation stay FER2013's"})
     return labels, soft, info
 
 
@@ -129,6 +149,7 @@ def prepare_splits(
     limit: int | None = None,
     ferplus: str | os.PathLike | None = None,
     ferplus_mode: str = "majority",
+    ferplus_weight: float = 0.5,
     clean: str | Iterable[str] | None = None,
     class_map: dict[str, str] | None = None,
 ) -> Splits:
@@ -143,6 +164,9 @@ def prepare_splits(
     ferplus: path of FER+'s ``fer2013new.csv``; labels then come from the FER+ votes (joined on row position)
       and ``Subset.soft`` is filled: ``ferplus_mode='soft'`` gives (N, C) vote distributions, ``'majority'``
       the one-hot majority label. Both modes keep the same images (see :mod:`ferkit.data.ferplus`).
+      ``'blend'`` keeps FER2013's labels and images (a FER2013 label set) and makes ``Subset.soft`` the
+      training target ``(1 - ferplus_weight) * one-hot + ferplus_weight * FER+ votes`` (FER+ as extra
+      supervision; evaluation stays on FER2013's labels).
     clean: cleaning rules, e.g. ``['blank', 'histogram', 'duplicates']`` (see :mod:`ferkit.data.clean`);
       the report lands in ``info['cleaning']``.
     class_map: extra folder-name -> class-name mappings for image folders.
@@ -161,7 +185,7 @@ def prepare_splits(
     if isinstance(data, Fer2013) or not os.path.isdir(data):
         ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
         if ferplus is not None:
-            y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode)
+            y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode, ferplus_weight)
         elif ls.from_fer7 is None:
             raise FerkitError(f"label set {ls.name!r} needs FER+ votes: pass ferplus=PATH (--ferplus) to fer2013new.csv")
         else:
