@@ -366,3 +366,35 @@ def test_must_show_on_real_fer2013(fer2013_csv, tmp_path):
     # torch and onnxruntime logits differ by ~1e-6; allow at most one near-tie to flip
     assert abs(res_torch["accuracy"] - runtime_acc) <= 1 / 3589 + 1e-12
     assert res_onnx["data_sha256"] == res_torch["data_sha256"]
+
+
+def test_evaluate_fer7_model_against_ferplus_majority(tiny_run, tmp_path):
+    """--ferplus on a FER2013 model: the same images scored against the FER+ majority vote instead."""
+    import csv as csvlib
+
+    csv, _, onnx_path, _ = tiny_run
+    fer_to_col = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}  # FER2013 id -> FER+ vote column
+    with open(csv) as f:
+        rows = list(csvlib.DictReader(f))
+    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for i, r in enumerate(rows):
+        votes = [0] * 10
+        if i % 3 == 0:
+            votes[0] = 8            # FER+ says neutral
+        elif i % 3 == 1:
+            votes[fer_to_col[int(r["emotion"])]] = 8  # FER+ agrees with FER2013
+        else:
+            votes[9] = 8            # FER+: not a face -> left out
+        lines.append(f"{r['Usage']},fer{i:07d}.png," + ",".join(map(str, votes)))
+    fp = tmp_path / "fer2013new.csv"
+    fp.write_text("\n".join(lines) + "\n")
+
+    res = evaluate(onnx_path, csv, split="PrivateTest", ferplus=str(fp), return_probs=True)
+    test = prepare_splits(str(csv)).get("PrivateTest")
+    keep = test.rows % 3 != 2
+    want = np.where(test.rows[keep] % 3 == 0, 6, test.labels[keep])  # 6 = neutral in fer7
+    assert res["n"] == int(keep.sum()) and res["y_true"].tolist() == want.tolist()
+    pred = res["probs"].argmax(1)
+    assert res["accuracy"] == pytest.approx(float((pred == want).mean()))
+    plain = evaluate(onnx_path, csv, split="PrivateTest")
+    assert plain["n"] == len(test) and plain["accuracy"] != pytest.approx(res["accuracy"])

@@ -23,7 +23,9 @@ def register(subparsers) -> None:
                      help="test-time augmentation (bare --tta = tencrop; default: the model's own setting)")
     tta.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="no test-time augmentation")
     p.add_argument("--ferplus", default=None,
-                   help="FER+ fer2013new.csv for a FER+ (ferplus8) model (default: the path recorded at training)")
+                   help="FER+ fer2013new.csv: the labels of a FER+ (ferplus8) model (default: the path recorded at "
+                        "training); given to a FER2013 model, it scores it against the FER+ majority vote instead "
+                        "of FER2013's own labels (images without a clear FER+ majority are left out)")
     p.add_argument("--clean", default=None,
                    help="comma-separated cleaning rules applied before splitting (default: none, the full split)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
