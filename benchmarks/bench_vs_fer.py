@@ -27,7 +27,10 @@ ids as FER2013; predictions of every model are mapped to FER2013 ids by label na
 Columns: accuracy and macro-F1 (:mod:`ferkit.metrics`, over the 7 classes), faces/s at batch 64 (the whole
 split in batches of 64, preprocessing included, best of ``--rounds`` passes, the passes interleaved
 across models so that someone else's load does not hit one model only), and ratios against fer (keras)
-on the same split in the same run. All engines use ``--threads`` threads.
+on the same split in the same run. All engines use ``--threads`` threads. With FER+'s ``fer2013new.csv``
+(``--ferplus``, found next to ``--csv`` by default) the same predictions are also scored against the FER+
+majority vote of 10 annotators, on the faces where it is clear (FER2013's single labels are noisy: the two
+agree on about two images in three).
 
 Caveat on fer's numbers: fer credits its model to oarriaga/face_classification, whose training script
 (``train_emotion_classifier.py`` with ``split_data(validation_split=0.2)``, no shuffle) trains on the first
@@ -103,6 +106,8 @@ class Row:
     faces_per_s: float
     speed_vs_fer: float | None = None
     accuracy_minus_fer: float | None = None  # percentage points
+    ferplus_faces: int | None = None      # faces with a clear FER+ majority in the 7 classes
+    accuracy_ferplus: float | None = None  # accuracy against that majority (same predictions)
 
 
 def label_map(model_labels: Sequence[str], who: str) -> np.ndarray:
@@ -241,8 +246,12 @@ def predict_split(engine: Engine, faces: np.ndarray) -> tuple[np.ndarray, float]
     return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), dt
 
 
-def evaluate(engines: list[Engine], splits: dict[str, tuple[np.ndarray, np.ndarray]], rounds: int) -> list[Row]:
-    """Accuracy, macro-F1 and best-of-``rounds`` faces/s of every engine on every split (interleaved)."""
+def evaluate(engines: list[Engine], splits: dict[str, tuple[np.ndarray, np.ndarray]], rounds: int,
+             ferplus: dict[str, np.ndarray] | None = None) -> list[Row]:
+    """Accuracy, macro-F1 and best-of-``rounds`` faces/s of every engine on every split (interleaved).
+
+    ferplus: per split, the FER+ majority label (FER2013 ids, -1 = no clear majority) of every face; the
+    same predictions are then also scored against it."""
     from ferkit.metrics import accuracy, macro_f1
 
     for e in engines:  # warm-up: first calls trace graphs / allocate arenas
@@ -265,8 +274,13 @@ def evaluate(engines: list[Engine], splits: dict[str, tuple[np.ndarray, np.ndarr
         for split, (faces, y_true) in splits.items():
             y_pred = preds[(e.name, split)]
             dt = best[(e.name, split)]
-            rows.append(Row(e.name, split, len(faces), accuracy(y_true, y_pred), macro_f1(y_true, y_pred, len(EMOTIONS)),
-                            len(faces) / dt if dt > 0 else float("inf")))
+            row = Row(e.name, split, len(faces), accuracy(y_true, y_pred), macro_f1(y_true, y_pred, len(EMOTIONS)),
+                      len(faces) / dt if dt > 0 else float("inf"))
+            if ferplus is not None and split in ferplus:
+                keep = ferplus[split] >= 0
+                row.ferplus_faces = int(keep.sum())
+                row.accuracy_ferplus = accuracy(ferplus[split][keep], y_pred[keep]) if keep.any() else None
+            rows.append(row)
     by_key = {(r.model, r.split): r for r in rows}
     for row in rows:
         base = by_key.get((BASELINE, row.split))
@@ -276,17 +290,41 @@ def evaluate(engines: list[Engine], splits: dict[str, tuple[np.ndarray, np.ndarr
     return rows
 
 
+def ferplus_labels(args, data, splits_wanted: list[str]) -> dict[str, np.ndarray] | None:
+    """The FER+ majority label of every face of each wanted split (FER2013 ids, -1 = none), or None."""
+    if args.ferplus is None:
+        beside = Path(args.csv).parent / "fer2013new.csv"
+        if not beside.is_file():
+            return None
+        args.ferplus = str(beside)
+    from ferkit.data import prepare_splits
+
+    fp = prepare_splits(data, label_set="fer7", ferplus=args.ferplus)  # FER+ majority, clear ones only
+    by_row = {}
+    for role in ("train", "val", "test"):
+        sub = fp.get(role)
+        by_row.update(zip(sub.rows.tolist(), sub.labels.tolist()))
+    out = {}
+    for name in splits_wanted:
+        rows = data.rows[data.split(name)[: args.limit]]
+        out[name] = np.array([by_row.get(r, -1) for r in rows.tolist()], dtype=np.int64)
+    return out
+
+
 def print_table(title: str, rows: list[Row]) -> None:
+    with_fp = any(r.accuracy_ferplus is not None for r in rows)
     headers = ["model", "split", "faces", "accuracy", "macro-F1", "faces/s (batch 64)", "speed vs fer",
-               "accuracy vs fer"]
+               "accuracy vs fer"] + (["accuracy vs FER+ majority (faces)"] if with_fp else [])
     cells = [headers]
     for r in rows:
+        fp = ([] if not with_fp else
+              ["-" if r.accuracy_ferplus is None else f"{100 * r.accuracy_ferplus:.2f}% ({r.ferplus_faces:,})"])
         cells.append([
             r.model + (" (baseline)" if r.model == BASELINE else ""), r.split, f"{r.faces:,}",
             f"{100 * r.accuracy:.2f}%", f"{r.macro_f1:.4f}", f"{r.faces_per_s:,.0f}",
             "-" if r.speed_vs_fer is None else f"{r.speed_vs_fer:.2f}x",
             "-" if r.accuracy_minus_fer is None else f"{r.accuracy_minus_fer:+.2f} pts",
-        ])
+        ] + fp)
     _table.print_table(title, cells[0], cells[1:])
 
 
@@ -300,6 +338,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="timed passes per model and split; best counts")
     ap.add_argument("--no-fer", action="store_true", help="skip the fer rows")
     ap.add_argument("--no-tflite", action="store_true", help="skip the fer (tflite) row")
+    ap.add_argument("--ferplus", default=None,
+                    help="FER+ fer2013new.csv: also score every model against the FER+ majority vote "
+                         "(default: fer2013new.csv next to --csv, if it is there)")
     ap.add_argument("--json", default=None, help="also write the rows and the setup to this JSON file")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1 or (args.limit is not None and args.limit < 1):
@@ -317,6 +358,7 @@ def main(argv=None) -> int:
             if len(idx) == 0:
                 raise FerkitError(f"{args.csv} has no {name} rows")
             splits[name] = (data.images[idx], data.labels[idx])
+        ferplus = ferplus_labels(args, data, splits_wanted)
         engines = [ferkit_engine(args.model, args.threads)]
     except FerkitError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -346,7 +388,10 @@ def main(argv=None) -> int:
     for line in skipped:
         print(line)
 
-    rows = evaluate(engines, splits, args.rounds)
+    if ferplus is not None:
+        print(f"FER+ labels: {args.ferplus} (majority vote of 10 annotators; faces whose top vote is a tie, "
+              "unknown, not-a-face or contempt are left out of that column)")
+    rows = evaluate(engines, splits, args.rounds, ferplus)
     print_table(
         "FER2013 test splits, the CSV's 48x48 face crops as they are (no face detection), 7 classes; "
         f"faces/s at batch 64 with preprocessing, best of {args.rounds} timed pass{'es' if args.rounds > 1 else ''}; "

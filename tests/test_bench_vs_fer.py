@@ -81,3 +81,34 @@ def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly
     assert rc == 0
     assert [r["faces"] for r in json.loads(out_json.read_text())["rows"]] == [5, 5]
     assert "fer rows skipped (--no-fer)" in capsys.readouterr().out
+
+
+def test_bench_vs_fer_scores_against_the_ferplus_majority(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime")
+    from ferkit.data.fer2013 import load_fer2013
+    from ferkit.runtime import EmotionClassifier, bundled_models
+
+    if "default" not in bundled_models():
+        pytest.skip("no bundled default model in this installation")
+    bench = _load_script(monkeypatch)
+    csv = make_fer_csv(tmp_path / "fer2013.csv", n_per_split=(7, 30, 20), seed=5)
+    data = load_fer2013(csv)
+    # FER+ votes: every even row is clearly neutral, every odd row is a tie (left out of the FER+ column)
+    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for i, usage in enumerate(["Training"] * 7 + ["PublicTest"] * 30 + ["PrivateTest"] * 20):
+        votes = [9, 0, 0, 0, 0, 0, 0, 0, 1, 0] if i % 2 == 0 else [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]
+        lines.append(f"{usage},fer{i:07d}.png," + ",".join(map(str, votes)))
+    (tmp_path / "fer2013new.csv").write_text("\n".join(lines) + "\n")  # found next to --csv
+    out_json = tmp_path / "rows.json"
+    rc = bench.main(["--csv", str(csv), "--no-fer", "--threads", "1", "--rounds", "1", "--json", str(out_json)])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "accuracy vs FER+ majority" in printed
+    rows = {r["split"]: r for r in json.loads(out_json.read_text())["rows"]}
+    clf = EmotionClassifier(threads=1)
+    for split in ("PublicTest", "PrivateTest"):
+        idx = data.split(split)
+        even = data.rows[idx] % 2 == 0
+        y_pred = clf.predict(data.images[idx])
+        neutral = clf.labels.index("neutral")
+        assert rows[split]["ferplus_faces"] == int(even.sum())
+        assert rows[split]["accuracy_ferplus"] == pytest.approx(float((y_pred[even] == neutral).mean()), abs=1e-12)
