@@ -63,6 +63,25 @@ def make_fer_csv(path: Path, n_per_split=(60, 14, 14), seed: int = 0, gz: bool =
     return path
 
 
+FERPLUS_HEADER_LINE = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+FER_TO_FERPLUS_COLUMN = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}  # FER2013 id -> FER+ vote column
+
+
+def write_ferplus_csv(fer_csv: Path, path: Path, votes_for) -> Path:
+    """A FER+ ``fer2013new.csv`` for a (plain) synthetic FER2013 CSV: ``votes_for(row_index, fer2013_label)``
+    returns the 10 vote counts of that row (8 emotions in FER+ column order, unknown, NF)."""
+    import csv
+
+    with open(fer_csv) as f:
+        rows = list(csv.DictReader(f))
+    lines = [FERPLUS_HEADER_LINE]
+    for i, r in enumerate(rows):
+        votes = votes_for(i, int(r["emotion"]))
+        lines.append(f"{r['Usage']},fer{i:07d}.png," + ",".join(map(str, votes)))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture
 def tiny_fer_csv(tmp_path) -> Path:
     return make_fer_csv(tmp_path / "tiny_fer2013.csv")

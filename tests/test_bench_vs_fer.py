@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_fer_csv
+from conftest import make_fer_csv, write_ferplus_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_vs_fer.py"
@@ -94,11 +94,8 @@ def test_bench_vs_fer_scores_against_the_ferplus_majority(tmp_path, monkeypatch,
     csv = make_fer_csv(tmp_path / "fer2013.csv", n_per_split=(7, 30, 20), seed=5)
     data = load_fer2013(csv)
     # FER+ votes: every even row is clearly neutral, every odd row is a tie (left out of the FER+ column)
-    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for i, usage in enumerate(["Training"] * 7 + ["PublicTest"] * 30 + ["PrivateTest"] * 20):
-        votes = [9, 0, 0, 0, 0, 0, 0, 0, 1, 0] if i % 2 == 0 else [5, 5, 0, 0, 0, 0, 0, 0, 0, 0]
-        lines.append(f"{usage},fer{i:07d}.png," + ",".join(map(str, votes)))
-    (tmp_path / "fer2013new.csv").write_text("\n".join(lines) + "\n")  # found next to --csv
+    write_ferplus_csv(csv, tmp_path / "fer2013new.csv",  # found next to --csv
+                      lambda i, label: [9, 0, 0, 0, 0, 0, 0, 0, 1, 0] if i % 2 == 0 else [5, 5, 0, 0, 0, 0, 0, 0, 0, 0])
     out_json = tmp_path / "rows.json"
     rc = bench.main(["--csv", str(csv), "--no-fer", "--threads", "1", "--rounds", "1", "--json", str(out_json)])
     printed = capsys.readouterr().out

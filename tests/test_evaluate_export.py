@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from torch import nn  # noqa: E402
 
-from conftest import make_fer_csv  # noqa: E402
+from conftest import FER_TO_FERPLUS_COLUMN, make_fer_csv, write_ferplus_csv  # noqa: E402
 from ferkit import metrics  # noqa: E402
 from ferkit.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from ferkit.cli import main as cli_main  # noqa: E402
@@ -370,24 +370,19 @@ def test_must_show_on_real_fer2013(fer2013_csv, tmp_path):
 
 def test_evaluate_fer7_model_against_ferplus_majority(tiny_run, tmp_path):
     """--ferplus on a FER2013 model: the same images scored against the FER+ majority vote instead."""
-    import csv as csvlib
-
     csv, _, onnx_path, _ = tiny_run
-    fer_to_col = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}  # FER2013 id -> FER+ vote column
-    with open(csv) as f:
-        rows = list(csvlib.DictReader(f))
-    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for i, r in enumerate(rows):
+
+    def votes_for(i, label):
         votes = [0] * 10
         if i % 3 == 0:
             votes[0] = 8            # FER+ says neutral
         elif i % 3 == 1:
-            votes[fer_to_col[int(r["emotion"])]] = 8  # FER+ agrees with FER2013
+            votes[FER_TO_FERPLUS_COLUMN[label]] = 8  # FER+ agrees with FER2013
         else:
             votes[9] = 8            # FER+: not a face -> left out
-        lines.append(f"{r['Usage']},fer{i:07d}.png," + ",".join(map(str, votes)))
-    fp = tmp_path / "fer2013new.csv"
-    fp.write_text("\n".join(lines) + "\n")
+        return votes
+
+    fp = write_ferplus_csv(csv, tmp_path / "fer2013new.csv", votes_for)
 
     res = evaluate(onnx_path, csv, split="PrivateTest", ferplus=str(fp), return_probs=True)
     test = prepare_splits(str(csv)).get("PrivateTest")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import FER_TO_FERPLUS_COLUMN, write_ferplus_csv
 from ferkit.cli import main as cli_main
 from ferkit.errors import FerkitError
 from ferkit.models import register_model
@@ -371,18 +372,14 @@ def test_lr_schedules():
 
 def _write_ferplus(fer_csv: Path, path: Path) -> Path:
     """FER+ votes for a synthetic FER2013 CSV: 7 votes for the image's class, 3 for 'neutral' (or 'sad')."""
-    fer_to_col = {0: 4, 1: 5, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}  # FER2013 id -> FER+ vote column
-    with open(fer_csv) as f:
-        rows = list(csv.DictReader(f))
-    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for i, r in enumerate(rows):
+    def votes_for(i, label):
         votes = [0] * 10
-        col = fer_to_col[int(r["emotion"])]
+        col = FER_TO_FERPLUS_COLUMN[label]
         votes[col] += 7
         votes[3 if col == 0 else 0] += 3
-        lines.append(f"{r['Usage']},fer{i:07d}.png," + ",".join(map(str, votes)))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        return votes
+
+    return write_ferplus_csv(fer_csv, path, votes_for)
 
 
 def test_ferplus_soft_targets_are_used(tiny_fer_csv, tmp_path):
