@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FER_TO_FERPLUS_COLUMN, write_ferplus_csv
 from ferkit.cli import main as cli_main
 from ferkit.errors import FerkitError
 from ferkit.models import register_model
@@ -372,6 +371,8 @@ def test_lr_schedules():
 
 def _write_ferplus(fer_csv: Path, path: Path) -> Path:
     """FER+ votes for a synthetic FER2013 CSV: 7 votes for the image's class, 3 for 'neutral' (or 'sad')."""
+    from conftest import FER_TO_FERPLUS_COLUMN, write_ferplus_csv  # here: the subprocess runner imports this file
+
     def votes_for(i, label):
         votes = [0] * 10
         col = FER_TO_FERPLUS_COLUMN[label]
@@ -414,3 +415,23 @@ def test_ferplus_blend_trains_fer7_on_fer2013_labels(tiny_fer_csv, tmp_path):
     # same images, same seed, same validation labels: only the training target differs
     assert blend["train_loss"] != pytest.approx(plain["train_loss"], rel=1e-3)
     assert blend["val_loss"] != pytest.approx(plain["val_loss"], rel=1e-6)
+
+
+def test_resume_keeps_the_saved_ferplus_weight_and_accepts_runs_from_before_it(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    fp = _write_ferplus(tiny_fer_csv, tmp_path / "fer2013new.csv")
+    common = dict(data=str(tiny_fer_csv), arch=TINY, augment="none", progress=False, threads=1)
+    run = train(TrainConfig(out=str(tmp_path / "blend"), epochs=1, ferplus=str(fp), ferplus_mode="blend",
+                            ferplus_weight=0.25, **common))
+    # resumed without repeating --ferplus-weight: the saved 0.25 is kept, not replaced by the default
+    train(TrainConfig(out=str(run), resume=True, epochs=2, progress=False, threads=1))
+    assert json.loads((run / "config.json").read_text())["ferplus_weight"] == 0.25
+    assert len(_load(run / "last.pt")["history"]) == 2
+    # a run saved before the setting existed (no ferplus_weight in its config) still resumes
+    old = train(TrainConfig(out=str(tmp_path / "old"), epochs=1, **common))
+    ck = _load(old / "last.pt")
+    del ck["config"]["ferplus_weight"]
+    torch.save(ck, old / "last.pt")
+    train(TrainConfig(out=str(old), resume=True, epochs=2, progress=False, threads=1))
+    assert len(_load(old / "last.pt")["history"]) == 2

@@ -27,6 +27,7 @@ def _ferplus_text(cfg: dict) -> str:
                 f"labels and evaluation are FER2013's)")
     return f"`{cfg['ferplus']}` ({mode} targets)"
 
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -105,7 +105,7 @@ class TrainConfig:
     skip_bad: bool | None = None
     ferplus: str | None = None
     ferplus_mode: str | None = None
-    ferplus_weight: float = 0.5
+    ferplus_weight: float | None = None
     clean: list[str] | None = None
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
@@ -282,7 +282,7 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
     if cfg.ferplus_mode == "blend" and cfg.label_set == "ferplus8":
         bad("--ferplus-mode blend keeps FER2013's labels: use it with --label-set fer7, fer6 or fer5")
-    if not 0 <= cfg.ferplus_weight <= 1:
+    if cfg.ferplus_weight is not None and not 0 <= cfg.ferplus_weight <= 1:
         bad(f"--ferplus-weight must lie in [0, 1], got {cfg.ferplus_weight}")
     checks = [
         (isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be a whole number >= 1, got {cfg.epochs}"),
@@ -316,6 +316,8 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         raise FerkitError(f"nothing to resume: {last} does not exist (start the run without --resume)")
     ckpt = load_checkpoint(last, "last")
     saved = dict(ckpt["config"])
+    for k, v in DEFAULTS.items():  # a setting added after the run was started: the run used its default
+        saved.setdefault(k, v)
     for k, v in asdict(config).items():
         if v is not None and k not in RESUME_OVERRIDABLE and v != saved.get(k):
             raise FerkitError(f"--resume continues {config.out} with its saved settings; {k} was {saved.get(k)!r} "
