@@ -82,8 +82,9 @@ def measure(row: Row, base: Path, data: Path, threads: int | None) -> dict | Non
     cfg = ckpt.get("config") or {}
     res = evaluate(run, data, split="PrivateTest", threads=threads)
     net = create_model(ckpt["arch"], num_classes=len(ckpt["labels"]), **(cfg.get("arch_kwargs") or {}))
-    # every epoch run (best.pt's history stops at the best epoch)
-    history = (load_checkpoint(run, "last") if (run / "last.pt").exists() else ckpt).get("history") or []
+    # every epoch run: the run's metrics.json (best.pt's history stops at the best epoch)
+    metrics = run / "metrics.json"
+    history = (json.loads(metrics.read_text()) if metrics.exists() else ckpt).get("history") or []
     return {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"], "label_set": res.get("label_set"),
             "n": res["n"], "params": count_parameters(net), "epochs": len(history) or cfg.get("epochs"),
             "best_epoch": ckpt.get("best_epoch"), "split": cfg.get("split", "usage"),

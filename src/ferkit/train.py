@@ -51,13 +51,13 @@ import torch.nn.functional as F
 from .augment import AUGMENT_PRESETS, Augmenter, AugmentConfig, mix_batch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.balance import SAMPLING_MODES, WEIGHT_MODES, class_weights, epoch_indices, shard
+from .data.ferplus import FERPLUS_MODES
 from .errors import FerkitError
 from .preprocess import PreprocessSpec, prepare_faces
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FERPLUS_MODES = ("majority", "soft", "blend")
 RUN_FILES = ("last.pt", "best.pt", "config.json", "metrics.json", "metrics.csv", "curves.png")
 KILL_HOOK_ENV = "FERKIT_TEST_KILL_AFTER_EPOCH"
 
