@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,9 @@ def test_export_round_trip(tiny_run):
     ops = {n.op_type for n in proto.graph.node}
     assert "BatchNormalization" not in ops, f"BN should be folded: {ops}"
     assert info["max_abs_diff"] <= 1e-4
+    mask = os.umask(0)
+    os.umask(mask)
+    assert onnx_path.stat().st_mode & 0o777 == 0o666 & ~mask  # a normal file, not mkstemp's private 0600
     # independent check: onnxruntime vs torch at batch 1 and 37
     model = build_model(ckpt)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -343,6 +347,148 @@ def test_cli_table_export_and_errors(tiny_run, tmp_path, capfd):
     rc = cli_main(["evaluate", str(tmp_path / "nope"), "--data", str(csv)])
     err = capfd.readouterr().err
     assert rc == 2 and err.startswith("ferkit: error:") and err.count("\n") == 1
+
+
+# -- ensembles ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def second_run(tiny_run, tmp_path_factory):
+    """Another tiny model on the same CSV and split, other seed (a second ensemble member)."""
+    csv = tiny_run[0]
+    base = tmp_path_factory.mktemp("second_run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FERKIT_CACHE", str(base / "cache"))
+        return train_tiny_run(csv, base / "run", steps=30, seed=1)
+
+
+def test_export_ensemble_is_the_weighted_mean_of_its_members(tiny_run, second_run, tmp_path):
+    from ferkit.export import export_ensemble
+
+    csv, run, onnx_path, _ = tiny_run
+    member2 = tmp_path / "member2.onnx"
+    export_onnx(second_run, member2)
+    info = export_ensemble([run, second_run], tmp_path / "ens.onnx", weights=[1, 3], tta="flip")
+    assert info["max_abs_diff"] <= 1e-4
+    ens = EmotionClassifier(tmp_path / "ens.onnx")
+    assert ens.tta == "flip" and ens.labels == EmotionClassifier(onnx_path).labels
+    meta = ens.metadata
+    assert meta["arch"] == "ensemble"
+    assert [m["weight"] for m in meta["arch_kwargs"]["members"]] == [0.25, 0.75]
+    members = meta["provenance"]["members"]
+    assert [m["source"] for m in members] == [str(run), str(second_run)]
+    assert members[1]["config"]["seed"] == 1 and meta["provenance"]["data_sha256"] == members[0]["data_sha256"]
+    faces = np.random.default_rng(3).integers(0, 256, (9, 48, 48), dtype=np.uint8)
+    p1 = EmotionClassifier(onnx_path).predict_proba(faces, tta="none")
+    p2 = EmotionClassifier(member2).predict_proba(faces, tta="none")
+    got = ens.predict_proba(faces, tta="none")
+    assert not np.allclose(p1, p2, atol=1e-3)  # the members differ, so the weights matter
+    np.testing.assert_allclose(got, 0.25 * p1 + 0.75 * p2, atol=1e-5)
+    # the default TTA (flip) averages the ensemble over the mirrored faces too
+    mirrored = ens.predict_proba(faces[:, :, ::-1].copy(), tta="none")
+    np.testing.assert_allclose(ens.predict_proba(faces), (got + mirrored) / 2, atol=1e-5)
+
+
+def test_export_ensemble_refuses_members_that_do_not_fit(tiny_run, second_run, tmp_path):
+    from ferkit.export import export_ensemble
+
+    csv, run, _, _ = tiny_run
+    out = tmp_path / "ens.onnx"
+    with pytest.raises(FerkitError, match="at least two"):
+        export_ensemble([run], out)
+    with pytest.raises(FerkitError, match="2 weights for 3"):
+        export_ensemble([run, second_run, run], out, weights=[1, 1])
+    with pytest.raises(FerkitError, match="positive"):
+        export_ensemble([run, second_run], out, weights=[1, 0])
+    fer6 = train_tiny_run(csv, tmp_path / "fer6", steps=2, label_set="fer6")
+    with pytest.raises(FerkitError, match="predicts"):
+        export_ensemble([run, fer6], out)
+    other_data = train_tiny_run(make_fer_csv(tmp_path / "other.csv", n_per_split=(70, 14, 14), seed=5),
+                                tmp_path / "other_run", steps=2)
+    with pytest.raises(FerkitError, match="data_sha256"):
+        export_ensemble([run, other_data], out)
+    ckpt = load_checkpoint(second_run)
+    ckpt["data"] = {**ckpt["data"], "split": "random"}  # a member trained on a random split saw test images
+    with pytest.raises(FerkitError, match="split"):
+        export_ensemble([run, ckpt], out)
+    assert not out.exists() and not list(tmp_path.glob("ens.*"))
+
+
+def test_cli_export_several_runs_writes_an_ensemble(tiny_run, second_run, tmp_path, capfd):
+    csv, run, _, _ = tiny_run
+    rc = cli_main(["export", str(run), str(second_run), "--out", str(tmp_path / "e.onnx"), "--weights", "2", "1"])
+    out = capfd.readouterr().out
+    assert rc == 0 and "ensemble" in out
+    assert [m["weight"] for m in EmotionClassifier(tmp_path / "e.onnx").metadata["arch_kwargs"]["members"]] == \
+        pytest.approx([2 / 3, 1 / 3])
+    rc = cli_main(["export", str(run), "--out", str(tmp_path / "single.onnx"), "--weights", "1"])
+    err = capfd.readouterr().err
+    assert rc == 2 and "--weights is for an ensemble" in err and not (tmp_path / "single.onnx").exists()
+
+
+def test_greedy_select_adds_members_only_while_publictest_improves():
+    from ferkit.ensemble import greedy_select
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    def onehot(pred, conf=0.6):
+        p = np.full((len(pred), 2), 1 - conf)
+        p[np.arange(len(pred)), pred] = conf
+        return p
+    probs = {
+        "a": onehot([0, 0, 0, 1, 0, 0], 0.6),        # 4/6
+        "b": onehot([0, 1, 0, 1, 1, 1], 0.9),        # 5/6, confident
+        "c": onehot([1, 0, 0, 1, 1, 1], 0.55),       # 5/6, its error differs from b's
+        "d": onehot([1, 1, 1, 0, 0, 0], 0.99),       # 0/6: never helps
+    }
+    steps = greedy_select(probs, y)
+    assert steps[0] == {"members": ["b"], "accuracy": pytest.approx(5 / 6), "added": "b"}  # tie with c: b listed first
+    # b + a and b + c are 5/6 as well: a tie is not an improvement, so nothing is added
+    assert [st["members"] for st in steps] == [["b"]]
+    steps = greedy_select({"d": probs["d"], **probs}, y)
+    assert steps[0]["members"] == ["b"]  # the most accurate single model starts, wherever it is listed
+    assert greedy_select(probs, y, max_members=1)[-1]["members"] == ["b"]
+    with pytest.raises(FerkitError, match="shape"):
+        greedy_select({"a": np.ones((5, 2))}, y)
+    with pytest.raises(FerkitError, match="number of classes"):
+        greedy_select({"a": np.ones((6, 2)), "b": np.ones((6, 3))}, y)
+    with pytest.raises(FerkitError, match="no candidate"):
+        greedy_select({}, y)
+
+
+def test_greedy_select_finds_a_complementary_pair():
+    from ferkit.ensemble import greedy_select
+
+    y = np.array([0, 1, 0, 1])
+    probs = {
+        "x": np.array([[0.9, 0.1], [0.6, 0.4], [0.9, 0.1], [0.7, 0.3]]),  # 2/4
+        "y": np.array([[0.4, 0.6], [0.1, 0.9], [0.45, 0.55], [0.1, 0.9]]),  # 2/4, right where x is wrong
+        "z": np.array([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]]),   # 2/4
+    }
+    steps = greedy_select(probs, y)
+    assert [s["members"] for s in steps] == [["x"], ["x", "y"]]
+    assert steps[-1]["accuracy"] == 1.0
+
+
+def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp_path):
+    from ferkit.export import export_ensemble
+    from ferkit.modelcard import write_model_card
+
+    csv, run, onnx_path, _ = tiny_run
+    card = write_model_card(onnx_path, csv, tmp_path / "single", train_command="ferkit train ...").read_text()
+    metrics_json = json.loads((tmp_path / "single" / "metrics.json").read_text())
+    expected = evaluate(onnx_path, str(csv), split="PrivateTest")
+    assert metrics_json["PrivateTest"]["accuracy"] == pytest.approx(expected["accuracy"])
+    assert f"| PrivateTest | {expected['n']} | {100 * expected['accuracy']:.2f}% |" in card
+    assert "epoch 1 of" in card and "ferkit train ..." in card and "PrivateTest was not used" in card
+    assert (tmp_path / "single" / "privatetest" / "confusion_matrix.png").is_file()
+
+    export_ensemble([run, second_run], tmp_path / "ens.onnx")
+    card = write_model_card(tmp_path / "ens.onnx", csv, tmp_path / "ens").read_text()
+    assert "An ensemble of 2 networks" in card
+    assert f"| {run} | `_test_tiny_bn` | 0.5 | 1 of None |" in card and f"| {second_run} |" in card
+    ens = evaluate(tmp_path / "ens.onnx", str(csv), split="PrivateTest")
+    assert f"| PrivateTest | {ens['n']} | {100 * ens['accuracy']:.2f}% |" in card
+    with pytest.raises(FerkitError, match=".onnx"):
+        write_model_card(run, csv, tmp_path / "x")
 
 
 # -- real data ----------------------------------------------------------------------------------------

@@ -181,6 +181,33 @@ def verify_onnx(model, onnx_path: str | os.PathLike, spec: PreprocessSpec, *, at
     return worst
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _check_export_args(out_path, opset: int, exporter: str) -> Path:
+    if exporter not in EXPORTERS:
+        raise FerkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if opset < 17:
+        raise FerkitError(f"opset must be at least 17, got {opset}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".onnx":
+        raise FerkitError(f"the output file should end in .onnx, got {out_path}")
+    return out_path
+
+
+def _load_complete(run_or_checkpoint) -> dict:
+    ckpt = _load(run_or_checkpoint)
+    for key in ("arch", "num_classes", "labels", "model"):
+        if key not in ckpt:
+            raise FerkitError(f"checkpoint lacks {key!r}; is it a complete ferkit checkpoint?")
+    if len(ckpt["labels"]) != int(ckpt["num_classes"]):
+        raise FerkitError(f"checkpoint names {len(ckpt['labels'])} labels for {ckpt['num_classes']} classes")
+    return ckpt
+
+
 def export_onnx(
     run_or_checkpoint,
     out_path: str | os.PathLike,
@@ -201,34 +228,41 @@ def export_onnx(
 
     Returns a summary: path, size in bytes, exporter, opset, max_abs_diff, node op counts, metadata.
     """
-    import onnx
-    import torch
-
-    from . import __version__
     from .checkpoint import build_model
 
-    if exporter not in EXPORTERS:
-        raise FerkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    if opset < 17:
-        raise FerkitError(f"opset must be at least 17, got {opset}")
-    out_path = Path(out_path)
-    if out_path.suffix != ".onnx":
-        raise FerkitError(f"the output file should end in .onnx, got {out_path}")
-    ckpt = _load(run_or_checkpoint)
-    for key in ("arch", "num_classes", "labels", "model"):
-        if key not in ckpt:
-            raise FerkitError(f"checkpoint lacks {key!r}; is it a complete ferkit checkpoint?")
+    out_path = _check_export_args(out_path, opset, exporter)
+    ckpt = _load_complete(run_or_checkpoint)
     spec = PreprocessSpec.from_dict(ckpt.get("preprocess"))
     labels = [str(x) for x in ckpt["labels"]]
-    if len(labels) != int(ckpt["num_classes"]):
-        raise FerkitError(f"checkpoint names {len(labels)} labels for {ckpt['num_classes']} classes")
     if tta is None:
         tta = (ckpt.get("config") or {}).get("tta")
     tta = normalize_tta(tta)
 
     model = build_model(ckpt).float().eval()
-    example = torch.from_numpy(prepare_faces(np.zeros((2, spec.size, spec.size), np.uint8) + 128, spec))
+    meta = {
+        "format": METADATA_FORMAT,
+        "labels": labels,
+        "label_set": ckpt.get("label_set"),
+        "input_size": spec.size,
+        "preprocess": spec.to_dict(),
+        "arch": ckpt["arch"],
+        "arch_kwargs": _jsonable(ckpt.get("arch_kwargs") or {}),
+        "tta": tta,
+        "provenance": checkpoint_provenance(ckpt),
+    }
+    doc = f"ferkit {ckpt['arch']} emotion classifier ({', '.join(labels)}); input (N,1,{spec.size},{spec.size})"
+    return _write_verified(model, spec, out_path, meta, doc, opset=opset, exporter=exporter, atol=atol,
+                           extra_metadata=extra_metadata)
 
+
+def _write_verified(model, spec: PreprocessSpec, out_path: Path, meta: dict[str, Any], doc: str, *, opset: int,
+                    exporter: str, atol: float, extra_metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Export ``model`` to a temporary file, add ``meta`` as ``ferkit_*`` metadata, check the file against
+    the torch model with onnxruntime, then move it to ``out_path`` (nothing is left behind on failure)."""
+    import onnx
+    import torch
+
+    example = torch.from_numpy(prepare_faces(np.zeros((2, spec.size, spec.size), np.uint8) + 128, spec))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(suffix=".onnx", prefix=out_path.stem + ".", dir=out_path.parent)
     os.close(fd)
@@ -237,24 +271,12 @@ def export_onnx(
         used = _export_graph(model, example, tmp, opset, exporter)
         proto = onnx.load(str(tmp))
         actual_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
-        provenance = checkpoint_provenance(ckpt)
-        provenance.update({
+        meta["provenance"].update({
             "torch_version": torch.__version__,
             "exporter": used,
             "opset": actual_opset,
             "export_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
-        meta = {
-            "format": METADATA_FORMAT,
-            "labels": labels,
-            "label_set": ckpt.get("label_set"),
-            "input_size": spec.size,
-            "preprocess": spec.to_dict(),
-            "arch": ckpt["arch"],
-            "arch_kwargs": _jsonable(ckpt.get("arch_kwargs") or {}),
-            "tta": tta,
-            "provenance": provenance,
-        }
         for k, v in (extra_metadata or {}).items():
             k = k[len("ferkit_"):] if k.startswith("ferkit_") else k
             if k in meta:
@@ -265,10 +287,11 @@ def export_onnx(
             entry = proto.metadata_props.add()
             entry.key = f"ferkit_{k}"
             entry.value = json.dumps(v, sort_keys=True)
-        proto.doc_string = f"ferkit {ckpt['arch']} emotion classifier ({', '.join(labels)}); input (N,1,{spec.size},{spec.size})"
+        proto.doc_string = doc
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         diff = verify_onnx(model, tmp, spec, atol=atol)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it a normal file's mode
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():
@@ -280,3 +303,73 @@ def export_onnx(
         "path": str(out_path), "bytes": out_path.stat().st_size, "exporter": used, "opset": actual_opset,
         "max_abs_diff": diff, "ops": ops, "metadata": meta,
     }
+
+
+def export_ensemble(
+    runs_or_checkpoints: list,
+    out_path: str | os.PathLike,
+    opset: int = 17,
+    *,
+    weights: list[float] | None = None,
+    tta: str | bool | None = None,
+    exporter: str = "auto",
+    atol: float = 1e-4,
+    extra_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Export several trained models as one ``.onnx`` whose softmax is the weighted mean of theirs.
+
+    The members must predict the same labels from the same preprocessing, and must have been trained on
+    the same data file with the same split (a member trained on a random split has seen the other
+    members' test images). ``ferkit_arch`` is ``"ensemble"``; ``ferkit_arch_kwargs`` lists the members'
+    architectures and weights, and ``ferkit_provenance["members"]`` holds each member's full provenance.
+    ``tta`` is the ensemble's default test-time augmentation (None: ``"none"``).
+    """
+    from .checkpoint import build_model
+    from .models.ensemble import EnsembleNet
+
+    out_path = _check_export_args(out_path, opset, exporter)
+    if len(runs_or_checkpoints) < 2:
+        raise FerkitError("an ensemble needs at least two members")
+    ckpts = [_load_complete(r) for r in runs_or_checkpoints]
+    names = [str(r) if not isinstance(r, dict) else str(c.get("path", f"member {i}"))
+             for i, (r, c) in enumerate(zip(runs_or_checkpoints, ckpts))]
+    first = ckpts[0]
+    first_data = checkpoint_data_info(first)
+    for name, c in zip(names[1:], ckpts[1:]):
+        if [str(x) for x in c["labels"]] != [str(x) for x in first["labels"]]:
+            raise FerkitError(f"ensemble member {name} predicts {list(c['labels'])}, the first member {list(first['labels'])}")
+        if PreprocessSpec.from_dict(c.get("preprocess")) != PreprocessSpec.from_dict(first.get("preprocess")):
+            raise FerkitError(f"ensemble member {name} uses other preprocessing than the first member")
+        data = checkpoint_data_info(c)
+        for key in ("data_sha256", "split", "seed"):
+            if data.get(key) != first_data.get(key):
+                raise FerkitError(
+                    f"ensemble member {name} was trained with {key} {data.get(key)!r}, the first member with "
+                    f"{first_data.get(key)!r}: members must share the data file and split, or one member's "
+                    "training images may be another's test images")
+    spec = PreprocessSpec.from_dict(first.get("preprocess"))
+    labels = [str(x) for x in first["labels"]]
+    net = EnsembleNet([build_model(c).float().eval() for c in ckpts], weights).eval()
+    members = [checkpoint_provenance(c) for c in ckpts]
+    for name, m in zip(names, members):
+        m["source"] = name
+    meta = {
+        "format": METADATA_FORMAT,
+        "labels": labels,
+        "label_set": first.get("label_set"),
+        "input_size": spec.size,
+        "preprocess": spec.to_dict(),
+        "arch": "ensemble",
+        "arch_kwargs": {"members": [{"arch": c["arch"], "arch_kwargs": _jsonable(c.get("arch_kwargs") or {}),
+                                     "weight": w} for c, w in zip(ckpts, net.weights)]},
+        "tta": normalize_tta(tta),
+        "provenance": {
+            "data_sha256": first_data.get("data_sha256"), "data": _jsonable(first_data), "members": members,
+            "train_time_s": round(sum(m.get("train_time_s") or 0 for m in members), 1),
+            "ferkit_version": members[0].get("ferkit_version"),
+        },
+    }
+    doc = (f"ferkit ensemble of {len(ckpts)} emotion classifiers ({', '.join(c['arch'] for c in ckpts)}; "
+           f"{', '.join(labels)}); input (N,1,{spec.size},{spec.size})")
+    return _write_verified(net, spec, out_path, meta, doc, opset=opset, exporter=exporter, atol=atol,
+                           extra_metadata=extra_metadata)

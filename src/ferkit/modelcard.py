@@ -28,6 +28,69 @@ def _ferplus_text(cfg: dict) -> str:
     return f"`{cfg['ferplus']}` ({mode} targets)"
 
 
+def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:
+    """Data, selection and recipe of a model exported from one training run."""
+    return [
+        "## Data and selection",
+        "",
+        f"- Training data: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split only "
+        f"({(prov.get('data') or {}).get('sizes', {}).get('train', '?')} images), label set {meta.get('label_set')}.",
+        f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
+        f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
+        "PrivateTest was not used for any choice.",
+        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}.",
+        "",
+        "## Recipe",
+        "",
+        f"- Optimiser {cfg.get('optimizer')} lr {cfg.get('lr')} momentum {cfg.get('momentum')} nesterov {cfg.get('nesterov')} "
+        f"weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch_size')}, schedule {cfg.get('schedule')} "
+        f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, "
+        f"precision {cfg.get('precision')}, channels-last {cfg.get('channels_last')}, seed {cfg.get('seed')}.",
+        f"- Augmentation: {json.dumps(cfg.get('augment'))}.",
+        f"- Training wall time: {prov.get('train_time_s')} s (sum of epoch times; hardware of the training run: "
+        f"{notes or 'see the command below'}).",
+        "",
+    ]
+
+
+def _recipe_line(cfg: dict) -> str:
+    return (f"{cfg.get('optimizer')} lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, {cfg.get('schedule')}, "
+            f"{cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, recipe {cfg.get('recipe')}")
+
+
+def _ensemble_sections(meta: dict, prov: dict, notes: str | None) -> list[str]:
+    """Data, selection and recipe of an ensemble: one row per member."""
+    members = prov.get("members") or []
+    weights = [m.get("weight") for m in (meta.get("arch_kwargs") or {}).get("members") or []]
+    data = prov.get("data") or {}
+    lines = [
+        "## Data and selection",
+        "",
+        f"- An ensemble of {len(members)} networks: the output is the weighted mean of their softmax probabilities.",
+        f"- Training data of every member: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split "
+        f"only ({data.get('sizes', {}).get('train', '?')} images), split `{data.get('split')}`; each member's "
+        "checkpoint is its epoch with the best PublicTest accuracy. PrivateTest was not used for any choice.",
+        "",
+        "| member | architecture | weight | best epoch | PublicTest in training | FER+ labels | recipe | train time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, m in enumerate(members):
+        cfg = m.get("config") or {}
+        w = weights[i] if i < len(weights) else None
+        lines.append(
+            f"| {m.get('source') or i + 1} | `{cfg.get('arch')}` | {'?' if w is None else f'{w:.3g}'} | "
+            f"{m.get('best_epoch')} of {cfg.get('epochs')} | "
+            f"{_pct(m['best_val_acc']) if m.get('best_val_acc') is not None else '?'} | {_ferplus_text(cfg)} | "
+            f"{_recipe_line(cfg)} | {m.get('train_time_s')} s |")
+    lines += [
+        "",
+        f"- Total training wall time: {prov.get('train_time_s')} s (sum of the members' epoch times; hardware: "
+        f"{notes or 'see the commands below'}).",
+        "",
+    ]
+    return lines
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -89,25 +152,7 @@ def write_model_card(
         f"- Input: {meta.get('input_size')}x{meta.get('input_size')} gray face crop, preprocessing {json.dumps(meta.get('preprocess'))}",
         f"- Test-time augmentation used by default (and in every figure below): `{meta.get('tta')}`",
         "",
-        "## Data and selection",
-        "",
-        f"- Training data: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split only "
-        f"({(prov.get('data') or {}).get('sizes', {}).get('train', '?')} images), label set {meta.get('label_set')}.",
-        f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
-        f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
-        "PrivateTest was not used for any choice.",
-        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}.",
-        "",
-        "## Recipe",
-        "",
-        f"- Optimiser {cfg.get('optimizer')} lr {cfg.get('lr')} momentum {cfg.get('momentum')} nesterov {cfg.get('nesterov')} "
-        f"weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch_size')}, schedule {cfg.get('schedule')} "
-        f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, "
-        f"precision {cfg.get('precision')}, channels-last {cfg.get('channels_last')}, seed {cfg.get('seed')}.",
-        f"- Augmentation: {json.dumps(cfg.get('augment'))}.",
-        f"- Training wall time: {prov.get('train_time_s')} s (sum of epoch times; hardware of the training run: "
-        f"{notes or 'see the command below'}).",
-        "",
+        *(_ensemble_sections(meta, prov, notes) if meta.get("arch") == "ensemble" else _single_sections(meta, prov, cfg, notes)),
         "Reproduce:",
         "",
         "```bash",
