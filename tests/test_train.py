@@ -277,12 +277,15 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--resume", "--init", "x.pt"], "use one of them"),
     (["--init", "MISSING.pt"], "no such checkpoint"),
     (["--recipe", "nope"], "unknown recipe"),
+    (["--teacher", "MISSING.onnx"], "model file not found"),
+    (["--teacher", "default", "--teacher-weight", "-0.1"], "--teacher-weight"),
 ])
 def test_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
     argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--epochs", "1", "--out", str(tmp_path / "r"),
             "--no-progress", *args]
     argv = [str(tmp_path / "nope.csv") if a == "MISSING" else a for a in argv]
     argv = [str(tmp_path / "nope.pt") if a == "MISSING.pt" else a for a in argv]
+    argv = [str(tmp_path / "nope.onnx") if a == "MISSING.onnx" else a for a in argv]
     assert cli_main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -435,3 +438,86 @@ def test_resume_keeps_the_saved_ferplus_weight_and_accepts_runs_from_before_it(t
     torch.save(ck, old / "last.pt")
     train(TrainConfig(out=str(old), resume=True, epochs=2, progress=False, threads=1))
     assert len(_load(old / "last.pt")["history"]) == 2
+
+
+# ------------------------------------------------------------------------------------- distillation
+@pytest.fixture
+def teacher_onnx(tiny_fer_csv, tmp_path) -> Path:
+    """A tiny model trained on the tiny CSV's Training split and exported: a teacher for the student runs."""
+    from ferkit.export import export_onnx
+    from ferkit.train import TrainConfig, train
+
+    run = train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "teacher"), arch=TINY, epochs=2,
+                            augment="none", progress=False, threads=1, seed=3))
+    export_onnx(run, tmp_path / "teacher.onnx")
+    return tmp_path / "teacher.onnx"
+
+
+def test_distill_targets_mix_the_label_with_the_teachers_probabilities(tiny_fer_csv, teacher_onnx):
+    from ferkit.data import prepare_splits
+    from ferkit.distill import distill_targets
+    from ferkit.runtime import EmotionClassifier
+
+    splits = prepare_splits(str(tiny_fer_csv))
+    tr = splits.train
+    probs = EmotionClassifier(teacher_onnx).predict_proba(tr.images)
+    onehot = np.eye(7, dtype=np.float32)[tr.labels]
+    full, info = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.0)
+    np.testing.assert_allclose(full, probs, atol=1e-6)
+    none, _ = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 0.0)
+    np.testing.assert_array_equal(none, onehot)
+    half, _ = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 0.25)
+    np.testing.assert_allclose(half, 0.75 * onehot + 0.25 * probs, atol=1e-6)
+    np.testing.assert_allclose(half.sum(1), 1.0, atol=1e-5)
+    assert info["teacher_train_acc"] == pytest.approx(float((probs.argmax(1) == tr.labels).mean()))
+    assert len(info["sha256"]) == 64 and info["weight"] == 1.0 and info["tta"] == "none"
+    base = np.full((len(tr), 7), 1 / 7, np.float32)  # e.g. a FER+ target: the teacher blends into it
+    mixed, _ = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 0.5, base=base)
+    np.testing.assert_allclose(mixed, 0.5 * base + 0.5 * probs, atol=1e-6)
+
+
+def test_distill_refuses_a_teacher_that_could_leak_or_does_not_fit(tiny_fer_csv, teacher_onnx, tmp_path):
+    from conftest import make_fer_csv
+    from ferkit.data import prepare_splits
+    from ferkit.distill import distill_targets
+
+    splits = prepare_splits(str(tiny_fer_csv))
+    tr = splits.train
+    with pytest.raises(FerkitError, match="random"):  # a teacher whose split differs may have seen the test images
+        distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, {**splits.info, "split": "random"}, 0.5)
+    other = prepare_splits(str(make_fer_csv(tmp_path / "other.csv", seed=9)))
+    with pytest.raises(FerkitError, match="data_sha256"):
+        distill_targets(teacher_onnx, other.train.images, other.train.labels, other.labels, other.info, 0.5)
+    fer6 = prepare_splits(str(tiny_fer_csv), label_set="fer6")
+    with pytest.raises(FerkitError, match="predicts"):
+        distill_targets(teacher_onnx, fer6.train.images, fer6.train.labels, fer6.labels, fer6.info, 0.5)
+    with pytest.raises(FerkitError, match=r"\[0, 1\]"):
+        distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.5)
+
+
+def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_csv, teacher_onnx, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    common = dict(data=str(tiny_fer_csv), arch=TINY, epochs=1, augment="none", progress=False, threads=1)
+    plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
+    student = train(TrainConfig(out=str(tmp_path / "student"), teacher=str(teacher_onnx), teacher_weight=0.7, **common))
+    ck = _load(student / "last.pt")
+    t = ck["data"]["teacher"]
+    assert t["teacher"] == str(teacher_onnx) and t["weight"] == 0.7 and len(t["sha256"]) == 64
+    cfg = json.loads((student / "config.json").read_text())
+    assert cfg["teacher"] == str(teacher_onnx) and cfg["teacher_weight"] == 0.7
+    # same images and seed: only the training target differs
+    assert ck["history"][0]["train_loss"] != pytest.approx(_load(plain / "last.pt")["history"][0]["train_loss"], rel=1e-3)
+    # resuming goes on with the same teacher file; a resume that names another teacher is refused (a saved
+    # setting), and so is one whose teacher file has been replaced (sha256)
+    train(TrainConfig(out=str(student), resume=True, epochs=2, progress=False, threads=1))
+    assert len(_load(student / "last.pt")["history"]) == 2
+    with pytest.raises(FerkitError, match="teacher was"):
+        train(TrainConfig(out=str(student), resume=True, epochs=3, teacher=str(tmp_path / "x.onnx"), progress=False,
+                          threads=1))
+    import onnx
+    proto = onnx.load(str(teacher_onnx))
+    proto.doc_string = "changed"
+    onnx.save(proto, str(teacher_onnx))
+    with pytest.raises(FerkitError, match="not the teacher"):
+        train(TrainConfig(out=str(student), resume=True, epochs=3, progress=False, threads=1))

@@ -28,6 +28,14 @@ def _ferplus_text(cfg: dict) -> str:
     return f"`{cfg['ferplus']}` ({mode} targets)"
 
 
+def _teacher_text(prov: dict) -> str:
+    t = (prov.get("data") or {}).get("teacher")
+    if not t:
+        return "no"
+    return (f"from `{t.get('teacher')}` ({t.get('arch')}, tta {t.get('tta')}, sha256 `{str(t.get('sha256'))[:12]}...`; "
+            f"target = {1 - t.get('weight', 0):g} x label + {t.get('weight'):g} x teacher probabilities)")
+
+
 def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:
     """Data, selection and recipe of a model exported from one training run."""
     return [
@@ -38,7 +46,7 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
         f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
         f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
         "PrivateTest was not used for any choice.",
-        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}.",
+        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}; distillation: {_teacher_text(prov)}.",
         "",
         "## Recipe",
         "",

@@ -73,6 +73,9 @@ class TrainConfig:
     with ``split_seed``), ``limit`` (first N rows per split), ``skip_bad``, ``ferplus`` (path of
     fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' FER+ targets, or 'blend': FER2013's labels
     with the target softened towards the FER+ votes by ``ferplus_weight``), ``clean`` (rule names),
+    ``teacher`` (an exported ``.onnx`` or bundled model name, trained on the same data and split) with
+    ``teacher_weight``: distillation, the training target becomes ``(1 - teacher_weight) x target +
+    teacher_weight x the teacher's probabilities`` (see :mod:`ferkit.distill`),
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
@@ -106,6 +109,8 @@ class TrainConfig:
     ferplus: str | None = None
     ferplus_mode: str | None = None
     ferplus_weight: float | None = None
+    teacher: str | None = None
+    teacher_weight: float | None = None
     clean: list[str] | None = None
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
@@ -144,7 +149,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0,
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
-    "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5,
+    "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
@@ -284,6 +289,12 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("--ferplus-mode blend keeps FER2013's labels: use it with --label-set fer7, fer6 or fer5")
     if cfg.ferplus_weight is not None and not 0 <= cfg.ferplus_weight <= 1:
         bad(f"--ferplus-weight must lie in [0, 1], got {cfg.ferplus_weight}")
+    if cfg.teacher_weight is not None and not 0 <= cfg.teacher_weight <= 1:
+        bad(f"--teacher-weight must lie in [0, 1], got {cfg.teacher_weight}")
+    if cfg.teacher:
+        from .runtime import resolve_model_path
+
+        resolve_model_path(cfg.teacher)  # a FerkitError names a missing file early, before the data loads
     checks = [
         (isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be a whole number >= 1, got {cfg.epochs}"),
         (isinstance(cfg.batch_size, int) and cfg.batch_size >= 2, f"batch size must be >= 2, got {cfg.batch_size}"),
@@ -734,6 +745,21 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         if splits.train.soft is None:
             raise FerkitError("soft FER+ targets were asked for but the data loader returned none")
         train_soft = torch.from_numpy(np.asarray(splits.train.soft, np.float32)).to(data_device)
+    if cfg.teacher:
+        from .distill import distill_targets
+
+        soft, splits.info["teacher"] = distill_targets(
+            cfg.teacher, splits.train.images, splits.train.labels, labels, splits.info, cfg.teacher_weight,
+            base=None if train_soft is None else train_soft.cpu().numpy(), threads=rt.threads)
+        train_soft = torch.from_numpy(soft).to(data_device)
+        if resume_ckpt is not None and (resume_ckpt["data"].get("teacher") or {}).get("sha256") != \
+                splits.info["teacher"]["sha256"]:
+            raise FerkitError(f"{cfg.teacher} is not the teacher this run was trained with (sha256 differs); "
+                              "resume with the original teacher")
+        if rt.main:
+            t = splits.info["teacher"]
+            print(f"distillation: teacher {t['teacher']} ({t['arch']}, tta {t['tta']}, {100 * t['teacher_train_acc']:.2f}% "
+                  f"on the Training images), weight {t['weight']:g}", file=sys.stderr)
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
     caps = _sample_caps(cfg, labels)

@@ -88,6 +88,11 @@ def register(subparsers) -> None:
                         "training target towards the FER+ votes (extra supervision)")
     g.add_argument("--ferplus-weight", type=float, metavar="W",
                    help="weight of the FER+ votes in blend mode (default 0.5)")
+    g.add_argument("--teacher", metavar="MODEL",
+                   help="distil from this exported model or ensemble (.onnx or bundled name; trained on the same "
+                        "data and split): its probabilities on the Training images join the training target")
+    g.add_argument("--teacher-weight", type=float, metavar="W",
+                   help="weight of the teacher's probabilities in the training target (default 0.5)")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
     g.add_argument("--obfuscate", metavar="METHOD-STRENGTH",
                    help="train and select on obfuscated faces (privacy experiment), e.g. pixelate-8, blur-2, fill")
@@ -135,7 +140,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
-          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
+          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 
