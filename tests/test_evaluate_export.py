@@ -425,6 +425,27 @@ def test_cli_export_several_runs_writes_an_ensemble(tiny_run, second_run, tmp_pa
     assert rc == 2 and "--weights is for an ensemble" in err and not (tmp_path / "single.onnx").exists()
 
 
+def test_models_bundled_lists_single_models_and_ensembles(tiny_run, second_run, tmp_path, monkeypatch, capfd):
+    import ferkit.runtime as runtime
+    from ferkit.export import export_ensemble
+
+    csv, run, onnx_path, _ = tiny_run
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "default.onnx").write_bytes(onnx_path.read_bytes())
+    export_ensemble([run, second_run], assets / "accurate.onnx", tta="flip")
+    monkeypatch.setattr(runtime, "ASSETS_DIR", assets)
+    assert cli_main(["models", "--bundled", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capfd.readouterr().out)}
+    assert sorted(rows) == ["accurate", "default"]
+    assert rows["accurate"]["arch"] == "ensemble of 2: _test_tiny_bn, _test_tiny_bn" and rows["accurate"]["tta"] == "flip"
+    assert rows["default"]["arch"] == "_test_tiny_bn" and rows["default"]["tta"] == "none"
+    assert rows["default"]["training"] == "FER2013 labels" and rows["default"]["label_set"] == "fer7"
+    assert cli_main(["models", "--bundled"]) == 0
+    out = capfd.readouterr().out
+    assert "accurate  ensemble of 2" in out and "--model NAME" in out
+
+
 def test_greedy_select_adds_members_only_while_publictest_improves():
     from ferkit.ensemble import greedy_select
 

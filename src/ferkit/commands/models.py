@@ -1,4 +1,5 @@
-"""``ferkit models``: list the registered architectures with their size, cost and source recipe."""
+"""``ferkit models``: list the registered architectures with their size, cost and source recipe;
+``ferkit models --bundled``: the trained models shipped in the package (``--model NAME``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,8 @@ def register(subparsers) -> None:
                     "from and the accuracy that source reported. See docs/architectures.md.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON array (all recipe fields included)")
+    p.add_argument("--bundled", action="store_true",
+                   help="list the trained models shipped in the package instead (names for --model)")
     p.set_defaults(func=run)
 
 
@@ -101,12 +104,43 @@ def describe_models() -> list[dict]:
     return rows
 
 
-def _table(rows: list[dict]) -> str:
-    head = ["name", "params", "MACs/face", "labels", "source recipe", "reported accuracy"]
-    body = [[r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", r["label_set"], r["recipe"],
-             str(r.get("reported_accuracy") or "-")] for r in rows]
+def describe_bundled() -> list[dict]:
+    """Every bundled model (no torch): name, architecture, labels, default TTA, size, training notes."""
+    import os
+
+    from ..runtime import EmotionClassifier, bundled_models, resolve_model_path
+
+    rows = []
+    for name in bundled_models():
+        path = resolve_model_path(name)
+        meta = EmotionClassifier(path, threads=1).metadata
+        prov = meta.get("provenance") or {}
+        if meta.get("arch") == "ensemble":
+            members = (meta.get("arch_kwargs") or {}).get("members") or []
+            arch = f"ensemble of {len(members)}: " + ", ".join(m.get("arch", "?") for m in members)
+            configs = [m.get("config") or {} for m in prov.get("members") or []]
+        else:
+            arch = str(meta.get("arch"))
+            configs = [prov.get("config") or {}]
+        notes = []
+        if any(c.get("ferplus") for c in configs):
+            notes.append("FER+ votes")
+        if any(c.get("teacher") for c in configs):
+            notes.append("distilled")
+        rows.append({"name": name, "arch": arch, "label_set": meta.get("label_set"), "labels": list(meta.get("labels") or []),
+                     "tta": meta.get("tta"), "mb": round(os.path.getsize(path) / 1e6, 1),
+                     "training": ", ".join(notes) or "FER2013 labels", "path": str(path)})
+    return rows
+
+
+def _table(rows: list[dict], head: list[str] | None = None, body: list[list[str]] | None = None,
+           right: tuple[int, ...] = (1, 2)) -> str:
+    if head is None:
+        head = ["name", "params", "MACs/face", "labels", "source recipe", "reported accuracy"]
+        body = [[r["name"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f}M", r["label_set"], r["recipe"],
+                 str(r.get("reported_accuracy") or "-")] for r in rows]
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i in (1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip()
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(x, widths))).rstrip()
              for x in [head] + body]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -115,6 +149,16 @@ def _table(rows: list[dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    if args.bundled:
+        rows = describe_bundled()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            print(_table(rows, ["name", "architecture", "labels", "default TTA", "MB", "trained on"],
+                         [[r["name"], r["arch"], str(r["label_set"]), str(r["tta"]), f"{r['mb']:.1f}", r["training"]]
+                          for r in rows], right=(4,)))
+            print("(use one with --model NAME; model cards: docs/models/<name>/MODEL_CARD.md)")
+        return 0
     rows = describe_models()
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
