@@ -489,6 +489,34 @@ def test_greedy_select_finds_a_complementary_pair():
     assert steps[-1]["accuracy"] == 1.0
 
 
+def test_select_ensemble_script_chooses_on_publictest_and_reports_privatetest_after(tiny_run, second_run, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import importlib.util
+
+    from ferkit.ensemble import greedy_select
+
+    csv, run, _, _ = tiny_run
+    spec = importlib.util.spec_from_file_location("select_ensemble", ROOT / "benchmarks" / "select_ensemble.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "select_ensemble", mod)
+    spec.loader.exec_module(mod)
+    out_json = tmp_path / "sel.json"
+    assert mod.main([str(run), str(second_run), "--data", str(csv), "--tta", "flip", "--test", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out_json.read_text())
+    val = {r: evaluate(r, str(csv), split="PublicTest", tta="flip", return_probs=True) for r in (str(run), str(second_run))}
+    y_val = val[str(run)]["y_true"]
+    expected = greedy_select({r: v["probs"] for r, v in val.items()}, y_val)
+    assert res["chosen"] == expected[-1]["members"] and res["steps"][-1]["accuracy"] == pytest.approx(expected[-1]["accuracy"])
+    test = {r: evaluate(r, str(csv), split="PrivateTest", tta="flip", return_probs=True) for r in res["chosen"]}
+    mean = sum(t["probs"] for t in test.values()) / len(test)
+    y_test = next(iter(test.values()))["y_true"]
+    assert res["privatetest"]["chosen"] == pytest.approx(float((mean.argmax(1) == y_test).mean()))
+    assert "Greedy forward selection on PublicTest" in printed and "ferkit export " + " ".join(res["chosen"]) in printed
+    with pytest.raises(SystemExit, match="listed twice"):
+        mod.main([str(run), str(run), "--data", str(csv)])
+
+
 def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp_path):
     from ferkit.export import export_ensemble
     from ferkit.modelcard import write_model_card
