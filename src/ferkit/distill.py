@@ -11,21 +11,11 @@ the student's validation or test images would leak them into the student through
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
 
 from .errors import FerkitError
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names, data_info: dict, weight: float,
@@ -39,6 +29,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
     Returns the targets and a JSON-ready record of the teacher (path, sha256, tta, weight, its accuracy
     on these images).
     """
+    from .data.fer2013 import file_sha256
     from .runtime import EmotionClassifier
 
     if not 0 <= weight <= 1:
@@ -66,7 +57,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
         raise FerkitError(f"base targets of shape {base.shape}, expected {(n, c)}")
     probs = clf.predict_proba(images)
     targets = ((1 - weight) * base + weight * probs).astype(np.float32)
-    info = {"teacher": str(clf.path), "sha256": _sha256(clf.path), "arch": clf.metadata.get("arch"), "tta": clf.tta,
+    info = {"teacher": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"), "tta": clf.tta,
             "weight": float(weight), "teacher_train_acc": float((probs.argmax(1) == labels).mean()),
             "rule": "target = (1 - weight) * target + weight * teacher probabilities (the teacher's default TTA)"}
     return targets, info
