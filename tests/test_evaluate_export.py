@@ -538,6 +538,11 @@ def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp
     assert f"| PrivateTest | {ens['n']} | {100 * ens['accuracy']:.2f}% |" in card
     with pytest.raises(FerkitError, match=".onnx"):
         write_model_card(run, csv, tmp_path / "x")
+    from ferkit.modelcard import _shown
+    from ferkit.runtime import ASSETS_DIR
+
+    assert _shown(str(ASSETS_DIR / "default.onnx")) == "default"  # the card's command names a bundled model
+    assert _shown(str(onnx_path)) == str(onnx_path)
 
 
 # -- real data ----------------------------------------------------------------------------------------

@@ -99,6 +99,14 @@ def _ensemble_sections(meta: dict, prov: dict, notes: str | None) -> list[str]:
     return lines
 
 
+def _shown(model: str) -> str:
+    """A bundled model by its name (as a user would type it), anything else by its path."""
+    from .runtime import ASSETS_DIR
+
+    p = Path(model)
+    return p.stem if p.parent.resolve() == ASSETS_DIR.resolve() else model
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -166,7 +174,7 @@ def write_model_card(
         "```bash",
         train_command or "# (training command not recorded)",
         export_command or f"ferkit export RUN_DIR --out {Path(model).name}",
-        f"ferkit model-card {model} --data fer2013.csv.gz --out DIR",
+        f"ferkit model-card {_shown(model)} --data fer2013.csv.gz --out DIR",
         "```",
         "",
         "## Accuracy (measured on the exported model with onnxruntime)",
