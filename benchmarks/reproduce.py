@@ -57,7 +57,7 @@ ROWS = [
     Row("efficient, FER2013 labels only (`--model fer2013`)", "fastres_s",
         "cpu-fast: SGD Nesterov one-cycle, label smoothing 0.1, 50 epochs",
         "--recipe cpu-fast --arch fastres_s --epochs 50 --out runs/default_fastres_s", "-"),
-    Row("efficient, 120 epochs (not shipped: worse on faces-dev)", "fastres_s", "cpu-fast, 120 epochs",
+    Row("efficient, 120 epochs (a member of `accurate`; alone worse on faces-dev)", "fastres_s", "cpu-fast, 120 epochs",
         "--recipe cpu-fast --arch fastres_s --epochs 120 --out runs/fastres_s_e120", "-"),
     Row("efficient, wider (`fastres`), 120 epochs", "fastres", "cpu-fast, 120 epochs",
         "--recipe cpu-fast --arch fastres --epochs 120 --out runs/fastres_e120", "-"),
