@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
 
+from ferkit.commands.models import describe_bundled  # noqa: E402
 from ferkit.runtime import EmotionClassifier, bundled_models  # noqa: E402
 
 
@@ -53,13 +54,9 @@ def main(argv=None) -> int:
     for _ in range(args.rounds):
         for n, c in clfs.items():
             best[n] = max(best[n], faces_per_s(c, faces, args.seconds))
-    rows = []
-    for n, c in clfs.items():
-        meta = c.metadata
-        arch = meta.get("arch")
-        if arch == "ensemble":
-            arch = "ensemble: " + ", ".join(m.get("arch", "?") for m in (meta.get("arch_kwargs") or {}).get("members") or [])
-        rows.append([n, arch, c.tta, f"{best[n]:,.0f}", f"{best[n] / best['default']:.2f}x"])
+    described = {r["name"]: r for r in describe_bundled()}  # what `ferkit models --bundled` shows
+    rows = [[n, described[n]["arch"], c.tta, f"{best[n]:,.0f}", f"{best[n] / best['default']:.2f}x"]
+            for n, c in clfs.items()]
     print_table(f"Bundled models, batch {args.batch}, best of {args.rounds} rounds (faces/s, default TTA)",
                 ["model", "architecture", "TTA", "faces/s", "vs default"], rows)
     return 0

@@ -27,6 +27,7 @@ from _table import print_table  # noqa: E402
 from ferkit.ensemble import greedy_select  # noqa: E402
 from ferkit.errors import FerkitError  # noqa: E402
 from ferkit.evaluate import evaluate  # noqa: E402
+from ferkit.metrics import accuracy  # noqa: E402
 
 
 def _probs(run: str, data: str, split: str, tta: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = greedy_select(val, y_val, max_members=args.max_members)
     except FerkitError as e:
         raise SystemExit(f"select_ensemble: {e}") from None
-    singles = {run: float((p.argmax(1) == y_val).mean()) for run, p in val.items()}
+    singles = {run: accuracy(y_val, p.argmax(1)) for run, p in val.items()}
     print_table(f"Candidates on PublicTest (tta {args.tta}, {len(y_val)} images)", ["run", "PublicTest"],
                 [[run, f"{100 * a:.2f}%"] for run, a in singles.items()])
     print_table("Greedy forward selection on PublicTest", ["step", "added", "members", "PublicTest"],
@@ -69,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         for run in args.runs:
             test[run], y_test = _probs(run, args.data, "PrivateTest", args.tta, args.limit)
         mean = sum(test[r] for r in chosen) / len(chosen)
-        rows = [[run, f"{100 * float((p.argmax(1) == y_test).mean()):.2f}%"] for run, p in test.items()]
-        ens_acc = float((mean.argmax(1) == y_test).mean())
+        test_acc = {run: accuracy(y_test, p.argmax(1)) for run, p in test.items()}
+        ens_acc = accuracy(y_test, mean.argmax(1))
+        rows = [[run, f"{100 * a:.2f}%"] for run, a in test_acc.items()]
         rows.append([f"chosen ensemble ({len(chosen)} members)", f"{100 * ens_acc:.2f}%"])
         print_table(f"PrivateTest, after the choice (tta {args.tta}, {len(y_test)} images)", ["model", "PrivateTest"], rows)
-        out["privatetest"] = {"candidates": {r: float((p.argmax(1) == y_test).mean()) for r, p in test.items()},
-                              "chosen": ens_acc}
+        out["privatetest"] = {"candidates": test_acc, "chosen": ens_acc}
     tta_opt = f" --tta {args.tta}" if args.tta != "none" else ""
     print(f"\nexport: ferkit export {' '.join(chosen)} --out ensemble.onnx{tta_opt}")
     print(f"({time.perf_counter() - t0:.0f} s)")

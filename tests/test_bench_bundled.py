@@ -28,4 +28,4 @@ def test_bench_bundled_prints_every_bundled_model_with_its_ratio_to_default(monk
     for name, (arch, tta, fps, ratio) in rows.items():
         assert float(fps.replace(",", "")) > 0 and ratio.endswith("x")
         if name == "accurate":
-            assert arch.startswith("ensemble: ") and tta == "flip"
+            assert arch.startswith("ensemble of ") and tta == "flip"

@@ -30,6 +30,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
     on these images).
     """
     from .data.fer2013 import file_sha256
+    from .data.splits import onehot, training_data_mismatch
     from .runtime import EmotionClassifier
 
     if not 0 <= weight <= 1:
@@ -41,18 +42,15 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
     if not tdata.get("data_sha256"):
         raise FerkitError(f"the teacher {teacher} does not record the data it was trained on, so it may have "
                           "seen the student's validation or test images; use a teacher exported by ferkit")
-    for key in ("data_sha256", "split", "seed"):
-        if tdata.get(key) != data_info.get(key):
-            raise FerkitError(
-                f"the teacher {teacher} was trained with {key} {tdata.get(key)!r}, the student uses {data_info.get(key)!r}: "
-                "the teacher must be trained on the same data file and split, or its targets leak the "
-                "student's validation/test images")
+    key = training_data_mismatch(tdata, data_info)
+    if key is not None:
+        raise FerkitError(
+            f"the teacher {teacher} was trained with {key} {tdata.get(key)!r}, the student uses {data_info.get(key)!r}: "
+            "the teacher must be trained on the same data file and split, or its targets leak the "
+            "student's validation/test images")
     labels = np.asarray(labels, np.int64)
     n, c = len(labels), len(label_names)
-    if base is None:
-        base = np.zeros((n, c), np.float32)
-        base[np.arange(n), labels] = 1.0
-    base = np.asarray(base, np.float32)
+    base = onehot(labels, c) if base is None else np.asarray(base, np.float32)
     if base.shape != (n, c):
         raise FerkitError(f"base targets of shape {base.shape}, expected {(n, c)}")
     probs = clf.predict_proba(images)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import FerkitError
+from .metrics import accuracy
 
 
 def _accuracy(probs: np.ndarray, y: np.ndarray) -> float:
-    return float((probs.argmax(1) == y).mean())
+    return accuracy(y, probs.argmax(1))
 
 
 def greedy_select(probs: dict[str, np.ndarray], y_true, *, max_members: int | None = None) -> list[dict]:

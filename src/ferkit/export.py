@@ -325,6 +325,7 @@ def export_ensemble(
     ``tta`` is the ensemble's default test-time augmentation (None: ``"none"``).
     """
     from .checkpoint import build_model
+    from .data.splits import training_data_mismatch
     from .models.ensemble import EnsembleNet
 
     out_path = _check_export_args(out_path, opset, exporter)
@@ -341,12 +342,12 @@ def export_ensemble(
         if PreprocessSpec.from_dict(c.get("preprocess")) != PreprocessSpec.from_dict(first.get("preprocess")):
             raise FerkitError(f"ensemble member {name} uses other preprocessing than the first member")
         data = checkpoint_data_info(c)
-        for key in ("data_sha256", "split", "seed"):
-            if data.get(key) != first_data.get(key):
-                raise FerkitError(
-                    f"ensemble member {name} was trained with {key} {data.get(key)!r}, the first member with "
-                    f"{first_data.get(key)!r}: members must share the data file and split, or one member's "
-                    "training images may be another's test images")
+        key = training_data_mismatch(data, first_data)
+        if key is not None:
+            raise FerkitError(
+                f"ensemble member {name} was trained with {key} {data.get(key)!r}, the first member with "
+                f"{first_data.get(key)!r}: members must share the data file and split, or one member's "
+                "training images may be another's test images")
     spec = PreprocessSpec.from_dict(first.get("preprocess"))
     labels = [str(x) for x in first["labels"]]
     net = EnsembleNet([build_model(c).float().eval() for c in ckpts], weights).eval()

@@ -88,7 +88,22 @@ def stratified_split(labels: np.ndarray, fractions=(0.8, 0.1, 0.1), seed: int = 
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts]
 
 
-def _onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+TRAINING_DATA_KEYS = ("data_sha256", "split", "seed")
+
+
+def training_data_mismatch(a: dict, b: dict) -> str | None:
+    """The first of data file sha256, split method and split seed on which two splits' infos differ, or None.
+
+    Two models may share targets or be averaged only when this is None: otherwise one model's training
+    images could be the other's validation or test images."""
+    for key in TRAINING_DATA_KEYS:
+        if a.get(key) != b.get(key):
+            return key
+    return None
+
+
+def onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N,) class ids -> (N, C) float32 one-hot rows (a negative id gives a row of zeros)."""
     out = np.zeros((len(labels), num_classes), np.float32)
     kept = labels >= 0
     out[np.flatnonzero(kept), labels[kept]] = 1.0
@@ -109,7 +124,7 @@ def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: flo
             "rule": "plurality over classes+unknown+NF; ties, unknown, NF, excluded classes and FER+-dropped images removed",
             "reasons": reason_counts(reason)}
     if mode == "majority":
-        soft = _onehot(labels, soft.shape[1])
+        soft = onehot(labels, soft.shape[1])
     elif mode == "blend":  # FER2013's own labels stay the labels; FER+ votes only soften the training target
         if not 0 <= weight <= 1:
             raise FerkitError(f"the FER+ blend weight must lie in [0, 1], got {weight}")
@@ -118,7 +133,7 @@ def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: flo
             raise FerkitError(f"FER+ blend mode keeps FER2013's labels, so it needs a FER2013 label set "
                               f"(fer7, fer6, fer5), not {label_set!r}")
         labels = ls.map_fer7(ds.labels)
-        target = _onehot(labels, soft.shape[1])
+        target = onehot(labels, soft.shape[1])
         has_votes = (reason == 0) & (labels >= 0)
         target[has_votes] = (1 - weight) * target[has_votes] + weight * soft[has_votes]
         soft = target
