@@ -94,11 +94,12 @@ class Scorer:
         self.clf = clf
         labels = list(clf.labels)
         self.labels = labels
+        label_set = get_label_set(clf.label_set) if getattr(clf, "label_set", None) else None
         if tuple(labels) == EMOTIONS:
             y = y_fer7.copy()
-        elif getattr(clf, "label_set", None):
-            y = get_label_set(clf.label_set).map_fer7(y_fer7)
-        else:  # map by name
+        elif label_set is not None and label_set.from_fer7 is not None:  # e.g. fer6 merges disgust into angry
+            y = label_set.map_fer7(y_fer7)
+        else:  # map by name (a FER+ model: faces-dev's 7 names are among its 8; 'contempt' is always wrong)
             y = np.asarray([labels.index(EMOTIONS[i]) if EMOTIONS[i] in labels else -1 for i in y_fer7])
         self.y = y
         self.present = sorted(set(int(v) for v in y if v >= 0))

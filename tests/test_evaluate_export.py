@@ -427,17 +427,23 @@ def test_cli_export_several_runs_writes_an_ensemble(tiny_run, second_run, tmp_pa
 
 def test_models_bundled_lists_single_models_and_ensembles(tiny_run, second_run, tmp_path, monkeypatch, capfd):
     import ferkit.runtime as runtime
-    from ferkit.export import export_ensemble
+    from ferkit.checkpoint import load_checkpoint
+    from ferkit.export import export_ensemble, export_onnx
 
     csv, run, onnx_path, _ = tiny_run
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / "default.onnx").write_bytes(onnx_path.read_bytes())
     export_ensemble([run, second_run], assets / "accurate.onnx", tta="flip")
+    for name, mode in (("blend", "blend"), ("soft", "soft")):  # how FER+ was used shows in "trained on"
+        ckpt = load_checkpoint(run / "best.pt")
+        ckpt["config"] = {**ckpt["config"], "ferplus": "fer2013new.csv", "ferplus_mode": mode}
+        export_onnx(ckpt, assets / f"{name}.onnx")
     monkeypatch.setattr(runtime, "ASSETS_DIR", assets)
     assert cli_main(["models", "--bundled", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capfd.readouterr().out)}
-    assert sorted(rows) == ["accurate", "default"]
+    assert sorted(rows) == ["accurate", "blend", "default", "soft"]
+    assert rows["blend"]["training"] == "FER2013 + FER+ votes" and rows["soft"]["training"] == "FER+ votes"
     assert rows["accurate"]["arch"] == "ensemble of 2: _test_tiny_bn, _test_tiny_bn" and rows["accurate"]["tta"] == "flip"
     assert rows["default"]["arch"] == "_test_tiny_bn" and rows["default"]["tta"] == "none"
     assert rows["default"]["training"] == "FER2013 labels" and rows["default"]["label_set"] == "fer7"

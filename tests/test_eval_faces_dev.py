@@ -1,0 +1,53 @@
+"""benchmarks/eval_faces_dev.py: faces-dev's FER2013 labels are scored in the model's own label ids."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from ferkit.labels import EMOTIONS, FERPLUS_EMOTIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    spec = importlib.util.spec_from_file_location("eval_faces_dev", ROOT / "benchmarks" / "eval_faces_dev.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "eval_faces_dev", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+Y_FER7 = np.array([0, 1, 3, 4, 5, 6, 6])  # angry disgust happy sad surprise neutral neutral
+
+
+def test_a_fer7_model_is_scored_on_the_labels_as_they_are(bench):
+    sc = bench.Scorer(SimpleNamespace(labels=EMOTIONS, label_set="fer7"), Y_FER7)
+    assert sc.y.tolist() == Y_FER7.tolist()
+    acc, f1, n = sc.score(np.array([0, 1, 3, 4, 5, 6, 3]))
+    assert n == 7 and acc == pytest.approx(6 / 7)
+
+
+def test_a_fer6_model_has_disgust_merged_into_angry(bench):
+    labels = ("angry", "fear", "happy", "sad", "surprise", "neutral")
+    sc = bench.Scorer(SimpleNamespace(labels=labels, label_set="fer6"), Y_FER7)
+    assert [labels[i] for i in sc.y] == ["angry", "angry", "happy", "sad", "surprise", "neutral", "neutral"]
+
+
+def test_a_ferplus8_model_is_scored_by_name_and_contempt_counts_as_wrong(bench):
+    """FER+ labels cannot be derived from FER2013 ids in general, but faces-dev's 7 names are all FER+ names."""
+    sc = bench.Scorer(SimpleNamespace(labels=FERPLUS_EMOTIONS, label_set="ferplus8"), Y_FER7)
+    assert [FERPLUS_EMOTIONS[i] for i in sc.y] == [EMOTIONS[i] for i in Y_FER7]
+    perfect = sc.y.copy()
+    assert sc.score(perfect)[0] == 1.0
+    contempt = FERPLUS_EMOTIONS.index("contempt")
+    with_contempt = perfect.copy()
+    with_contempt[-1] = contempt
+    acc, f1, n = sc.score(with_contempt)
+    assert n == 7 and acc == pytest.approx(6 / 7) and f1 < 1.0
+    assert contempt not in sc.present  # macro-F1 runs over the classes faces-dev has
