@@ -124,8 +124,8 @@ def describe_bundled() -> list[dict]:
             configs = [prov.get("config") or {}]
         notes = []
         if any(c.get("ferplus") for c in configs):
-            modes = sorted({str(c.get("ferplus_mode")) for c in configs if c.get("ferplus")})
-            notes.append("FER2013 + FER+ votes" if modes == ["blend"] else "FER+ votes")
+            blend = all(c.get("ferplus_mode") == "blend" for c in configs if c.get("ferplus"))
+            notes.append("FER2013 + FER+ votes" if blend else "FER+ votes")
         if any(c.get("teacher") for c in configs):
             notes.append("distilled")
         rows.append({"name": name, "arch": arch, "label_set": meta.get("label_set"), "labels": list(meta.get("labels") or []),
