@@ -238,6 +238,60 @@ def test_augment_ops_are_seeded_and_shape_preserving():
     assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(8))
 
 
+def test_photometric_jitter_changes_intensities_within_range():
+    from ferkit.augment import AugmentConfig, Augmenter, photometric_jitter
+    from ferkit.errors import FerkitError
+
+    mean, std = 0.5, 0.25
+    v = torch.rand(16, 1, 48, 48, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2  # intensities
+    x = (v - mean) / std
+    lo, hi = (0 - mean) / std, (1 - mean) / std
+
+    def gen(seed=0):
+        return torch.Generator().manual_seed(seed)
+
+    # nothing enabled: the batch comes back unchanged (up to float rounding)
+    assert torch.allclose(photometric_jitter(x, gen()), x, atol=1e-6)
+    # brightness moves each image's mean by up to the jitter, and not all by the same amount
+    b = photometric_jitter(x, gen(), brightness=0.15) * std + mean
+    shift = (b - v).mean(dim=(1, 2, 3))
+    assert shift.abs().max() <= 0.15 + 1e-5 and shift.std() > 0.01
+    # contrast scales the spread about the image mean, keeping the mean
+    c = photometric_jitter(x, gen(), contrast=0.5) * std + mean
+    ratio = c.std(dim=(1, 2, 3)) / v.std(dim=(1, 2, 3))
+    assert ratio.min() >= 0.5 - 1e-3 and ratio.max() <= 1.5 + 1e-3 and ratio.max() - ratio.min() > 0.1
+    assert torch.allclose(c.mean(dim=(1, 2, 3)), v.mean(dim=(1, 2, 3)), atol=0.02)
+    # a full blur (sharpness -1) lowers the pixel-to-pixel differences, a sharpening raises them
+    def roughness(t):
+        return (t[..., 1:] - t[..., :-1]).abs().mean().item()
+
+    blurred = photometric_jitter(x, gen(), sharpness=1.0)
+    per_image = (blurred[..., 1:] - blurred[..., :-1]).abs().mean(dim=(1, 2, 3))
+    base = (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (per_image < base).any() and (per_image > base).any()
+    # everything at once: seeded, shape kept, intensities stay within [0, 1]
+    cfg = AugmentConfig(brightness=0.3, contrast=0.5, gamma=0.5, sharpness=2.0, noise=0.2)
+    a = Augmenter(cfg, mean=mean, std=std)(x, gen(1))
+    assert a.shape == x.shape and torch.equal(a, Augmenter(cfg, mean=mean, std=std)(x, gen(1)))
+    assert a.min() >= lo - 1e-5 and a.max() <= hi + 1e-5 and roughness(a) > roughness(x)
+    assert cfg.any_image_op and not AugmentConfig(flip=True).any_photometric_op
+    for bad in ({"noise": -0.1}, {"contrast": 1.5}, {"gamma": float("nan")}):
+        with pytest.raises(FerkitError, match="augmentation"):
+            AugmentConfig(**bad)
+
+
+def test_photo_preset_and_flags_reach_the_config():
+    from ferkit.cli import build_parser
+    from ferkit.commands.train import config_from_args
+    from ferkit.train import TrainConfig, resolve_config
+
+    args = build_parser().parse_args(["train", "--data", "x.csv", "--out", "r", "--arch", TINY, "--augment", "photo", "--noise", "0.05"])
+    c = resolve_config(config_from_args(args))
+    assert c.augment["noise"] == 0.05 and c.augment["gamma"] == 0.3 and c.augment["rotate"] == 10.0
+    c = resolve_config(TrainConfig(data="x.csv", out="r", arch=TINY, augment={"brightness": 0.1}))
+    assert c.augment["brightness"] == 0.1 and c.augment["contrast"] == 0.0
+
+
 def test_balance_weights_and_sampling():
     from ferkit.data.balance import class_weights, epoch_indices
 

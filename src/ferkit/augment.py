@@ -5,8 +5,10 @@ Every function takes a float batch ``x`` of shape (N, C, H, W) (already normalis
 numbers are drawn from that generator on the CPU and only then moved to ``x``'s device, so a seeded
 run augments identically on CPU and GPU and its generator state can be saved and restored (resume).
 
-Steps of :class:`Augmenter` in order: horizontal flip, random crop (pad + crop, integer pixels), one
-random affine warp (rotation, scale, shift) through ``affine_grid``/``grid_sample``, random erasing.
+Steps of :class:`Augmenter` in order: photometric jitter (brightness, contrast, gamma, sharpness, sensor
+noise; on pixel intensities, so the augmenter is told the normalisation's mean and std), horizontal flip,
+random crop (pad + crop, integer pixels), one random affine warp (rotation, scale, shift) through
+``affine_grid``/``grid_sample``, random erasing.
 Mixup and CutMix (:func:`mix_batch`) act on a batch *and its targets* and are applied by the training
 loop after the per-image steps.
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from .errors import FerkitError
 
 PADDING_MODES = ("zeros", "border", "reflection")
+PHOTOMETRIC = ("brightness", "contrast", "gamma", "sharpness", "noise")
 
 
 @dataclass
@@ -39,6 +42,15 @@ class AugmentConfig:
         the image area) with aspect ratio in ``[0.3, 3.3]`` and is filled with 0 (mean gray) or noise.
     mixup / cutmix: Beta(alpha, alpha) parameters; 0 disables. When both are on, each batch uses one
         of them at random (probability 0.5 each).
+
+    Photometric jitter (meant to make FER2013's web crops look more like other cameras and lighting), each
+    drawn per image on intensities in [0, 1] and clipped back to that range:
+    brightness: add a value uniform in ``[-brightness, brightness]``.
+    contrast: scale the deviation from the image's mean by a factor uniform in ``[1 - contrast, 1 + contrast]``.
+    gamma: raise to the power ``exp(u)``, ``u`` uniform in ``[-gamma, gamma]`` (0.3: exponents 0.74 to 1.35).
+    sharpness: unsharp mask ``x + a * (x - gaussian_blur(x, sigma=1))`` with ``a`` uniform in
+        ``[-sharpness, sharpness]``; ``a = -1`` is a full blur, ``a > 0`` sharpens.
+    noise: add Gaussian noise whose standard deviation is uniform in ``[0, noise]``.
     """
 
     flip: bool = False
@@ -52,6 +64,11 @@ class AugmentConfig:
     erase_fill: str = "zero"
     mixup: float = 0.0
     cutmix: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    gamma: float = 0.0
+    sharpness: float = 0.0
+    noise: float = 0.0
 
     def __post_init__(self):
         self.erase_area = tuple(float(a) for a in self.erase_area)
@@ -68,6 +85,12 @@ class AugmentConfig:
             raise FerkitError(f"augmentation: erase_fill must be 'zero' or 'noise', got {self.erase_fill!r}")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerkitError("augmentation: mixup and cutmix alphas must be >= 0")
+        for name in PHOTOMETRIC:
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise FerkitError(f"augmentation: {name} must be a number >= 0, got {v}")
+        if self.contrast > 1:
+            raise FerkitError(f"augmentation: contrast must be in [0, 1], got {self.contrast}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -84,8 +107,13 @@ class AugmentConfig:
         return cls(**d)
 
     @property
+    def any_photometric_op(self) -> bool:
+        return any(getattr(self, name) for name in PHOTOMETRIC)
+
+    @property
     def any_image_op(self) -> bool:
-        return bool(self.flip or self.crop or self.shift or self.scale or self.rotate or self.erase)
+        return bool(self.flip or self.crop or self.shift or self.scale or self.rotate or self.erase
+                    or self.any_photometric_op)
 
 
 # Named presets for --augment; individual flags override their fields.
@@ -94,6 +122,9 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "light": {"flip": True, "crop": 3},
     "standard": {"flip": True, "shift": 0.1, "scale": 0.1, "rotate": 10.0, "erase": 0.25},
     "heavy": {"flip": True, "shift": 0.15, "scale": 0.2, "rotate": 15.0, "erase": 0.5, "erase_fill": "noise"},
+    # 'standard' plus photometric jitter: lighting, exposure, focus and sensor noise of other cameras
+    "photo": {"flip": True, "shift": 0.1, "scale": 0.1, "rotate": 10.0, "erase": 0.25,
+              "brightness": 0.15, "contrast": 0.3, "gamma": 0.3, "sharpness": 1.0, "noise": 0.03},
 }
 
 
@@ -178,14 +209,70 @@ def random_erasing(
     return torch.where(mask, value, x)
 
 
-class Augmenter:
-    """Applies an :class:`AugmentConfig`'s per-image steps to a batch: ``x = Augmenter(cfg)(x, gen)``."""
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian blur of every channel (reflect padding), radius ``ceil(2 * sigma)``."""
+    r = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
+    n, c, h, w = x.shape
+    y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w)
 
-    def __init__(self, config: AugmentConfig):
+
+def photometric_jitter(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    *,
+    brightness: float = 0.0,
+    contrast: float = 0.0,
+    gamma: float = 0.0,
+    sharpness: float = 0.0,
+    noise: float = 0.0,
+    mean: float = 0.5,
+    std: float = 0.25,
+) -> torch.Tensor:
+    """Brightness, contrast, gamma, sharpness and noise jitter (see :class:`AugmentConfig`) on a batch
+    normalised as ``(intensity - mean) / std``: converted to intensities in [0, 1], jittered per image,
+    clipped to [0, 1] and normalised back. Only the enabled steps draw random numbers."""
+    n = x.shape[0]
+
+    def per_image(lo: float, hi: float) -> torch.Tensor:
+        return _uniform(gen, n, lo, hi).to(device=x.device, dtype=x.dtype)[:, None, None, None]
+
+    v = (x * std + mean).clamp(0.0, 1.0)
+    if brightness:
+        v = (v + per_image(-brightness, brightness)).clamp(0.0, 1.0)
+    if contrast:
+        m = v.mean(dim=(1, 2, 3), keepdim=True)
+        v = ((v - m) * per_image(1.0 - contrast, 1.0 + contrast) + m).clamp(0.0, 1.0)
+    if gamma:
+        v = v.clamp_min(1e-6) ** torch.exp(per_image(-gamma, gamma))
+    if sharpness:
+        v = (v + per_image(-sharpness, sharpness) * (v - _gaussian_blur(v))).clamp(0.0, 1.0)
+    if noise:
+        sigma = per_image(0.0, noise)
+        v = (v + sigma * torch.randn(x.shape, generator=gen).to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+    return (v - mean) / std
+
+
+class Augmenter:
+    """Applies an :class:`AugmentConfig`'s per-image steps to a batch: ``x = Augmenter(cfg)(x, gen)``.
+
+    ``mean`` and ``std`` are the normalisation of the batch (``PreprocessSpec.mean``/``std``); only the
+    photometric steps need them."""
+
+    def __init__(self, config: AugmentConfig, mean: float = 0.5, std: float = 0.25):
         self.config = config
+        self.mean, self.std = float(mean), float(std)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         c = self.config
+        if c.any_photometric_op:
+            x = photometric_jitter(x, gen, brightness=c.brightness, contrast=c.contrast, gamma=c.gamma,
+                                   sharpness=c.sharpness, noise=c.noise, mean=self.mean, std=self.std)
         if c.flip:
             x = random_flip(x, gen)
         if c.crop:

@@ -789,7 +789,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     weight = None
     if cfg.class_weights != "none":
         weight = torch.from_numpy(class_weights(splits.train.labels, num_classes, cfg.class_weights)).to(rt.device)
-    augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment))
+    augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment), mean=spec.mean, std=spec.std)
     aug = augmenter.config
     mixing = bool(aug.mixup or aug.cutmix)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 + 7919 * rt.rank)  # augmentation randomness

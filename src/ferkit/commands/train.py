@@ -117,7 +117,8 @@ def register(subparsers) -> None:
     g.add_argument("--sample-cap", metavar="N|CLASS=N[,...]", help="per-class count for --sampling")
 
     g = p.add_argument_group("augmentation (a preset, then single options on top)")
-    g.add_argument("--augment", choices=["none", "light", "standard", "heavy"])
+    g.add_argument("--augment", choices=["none", "light", "standard", "heavy", "photo"],
+                   help="photo: standard + brightness/contrast/gamma/sharpness/noise jitter")
     g.add_argument("--flip", action=B, help="random horizontal flip")
     g.add_argument("--crop", type=int, metavar="PX", help="pad by PX and crop at random")
     g.add_argument("--shift", type=float, metavar="FRAC", help="max translation, fraction of the side")
@@ -126,6 +127,11 @@ def register(subparsers) -> None:
     g.add_argument("--erase", type=float, metavar="P", help="random-erasing probability")
     g.add_argument("--mixup", type=float, metavar="ALPHA")
     g.add_argument("--cutmix", type=float, metavar="ALPHA")
+    g.add_argument("--brightness", type=float, metavar="D", help="add U[-D, D] to intensities in [0, 1]")
+    g.add_argument("--contrast", type=float, metavar="FRAC", help="contrast factor in [1-FRAC, 1+FRAC]")
+    g.add_argument("--gamma", type=float, metavar="G", help="random gamma exp(U[-G, G])")
+    g.add_argument("--sharpness", type=float, metavar="A", help="unsharp-mask amount in [-A, A] (-1 = blur)")
+    g.add_argument("--noise", type=float, metavar="SIGMA", help="Gaussian noise, std up to SIGMA")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -138,7 +144,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=handle)
 
 
-_AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix")
+_AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix", "brightness", "contrast",
+              "gamma", "sharpness", "noise")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
