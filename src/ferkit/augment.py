@@ -122,10 +122,10 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
     "light": {"flip": True, "crop": 3},
     "standard": {"flip": True, "shift": 0.1, "scale": 0.1, "rotate": 10.0, "erase": 0.25},
     "heavy": {"flip": True, "shift": 0.15, "scale": 0.2, "rotate": 15.0, "erase": 0.5, "erase_fill": "noise"},
-    # 'standard' plus photometric jitter: lighting, exposure, focus and sensor noise of other cameras
-    "photo": {"flip": True, "shift": 0.1, "scale": 0.1, "rotate": 10.0, "erase": 0.25,
-              "brightness": 0.15, "contrast": 0.3, "gamma": 0.3, "sharpness": 1.0, "noise": 0.03},
 }
+# 'standard' plus photometric jitter: lighting, exposure, focus and sensor noise of other cameras
+AUGMENT_PRESETS["photo"] = {**AUGMENT_PRESETS["standard"],
+                            "brightness": 0.15, "contrast": 0.3, "gamma": 0.3, "sharpness": 1.0, "noise": 0.03}
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
