@@ -126,9 +126,11 @@ def test_settings_precedence(tiny_fer_csv, tmp_path):
 
 
 # ----------------------------------------------------------------------------- kill and resume
-def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner):
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner, extra):
     common = ["--data", str(tiny_fer_csv), *FAST, "--epochs", "4", "--seed", "7", "--augment", "standard",
-              "--mixup", "0.2", "--schedule", "plateau", "--schedule-opt", "patience=0,factor=0.5", "--warmup-epochs", "1"]
+              "--mixup", "0.2", "--schedule", "plateau", "--schedule-opt", "patience=0,factor=0.5", "--warmup-epochs", "1",
+              *extra]
     full, part = tmp_path / "full", tmp_path / "part"
     r = _run(runner, ["train", *common, "--out", str(full)])
     assert r.returncode == 0, r.stderr
@@ -144,12 +146,67 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner
     assert a["epoch"] == b["epoch"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    if extra:  # the weight average and the trained weights both continue exactly
+        assert a["train_model"] is not None and b["train_model"] is not None
+        for k in a["train_model"]:
+            assert torch.equal(a["train_model"][k], b["train_model"][k]), k
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("epoch_time_s", "images_per_s")} for r in h]
     assert strip(a["history"]) == strip(b["history"])
     assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
     # a resumed run refuses changed training settings
     r = _run(runner, ["train", "--out", str(part), "--resume", "--lr", "0.5"])
     assert r.returncode == 2 and "--resume continues" in r.stderr
+
+
+# ---------------------------------------------------------------------------- weight average
+def test_weight_average_follows_the_weights_with_its_decay():
+    from ferkit.train import WeightAverage
+
+    model = _Tiny()
+    ema = WeightAverage(model, 0.9)
+    start = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+        model.features[1].num_batches_tracked.fill_(5)
+    # early steps use a smaller decay: (1 + step) / (10 + step) = 0.1 at step 0
+    ema.update(model, 0)
+    w = model.state_dict()
+    for k, v in ema.model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.1 * start[k] + 0.9 * w[k], atol=1e-6), k
+    assert int(ema.model.features[1].num_batches_tracked) == 5  # counters are copied, not averaged
+    # late steps use the decay itself
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    ema.update(model, 10_000)
+    for k, v in ema.model.state_dict().items():
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.9 * before[k] + 0.1 * w[k], atol=1e-6), k
+    # the average is a separate network: no gradients, and the trained one is untouched
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_ema_run_saves_the_average_and_records_both_curves(tiny_fer_csv, tmp_path):
+    from ferkit.train import TrainConfig, train
+
+    out = tmp_path / "ema"
+    train(TrainConfig(data=str(tiny_fer_csv), out=str(out), arch=TINY, epochs=3, augment="none", progress=False,
+                      threads=1, ema=0.9))
+    last = _load(out / "last.pt")
+    assert last["config"]["ema"] == 0.9
+    # "model" is the average (what best.pt, export and evaluate use); "train_model" the trained weights
+    assert any(not torch.equal(last["model"][k], last["train_model"][k]) for k in last["model"])
+    hist = json.loads((out / "metrics.json").read_text())["history"]
+    assert all(0 <= r["val_acc_raw"] <= 1 and r["val_loss_raw"] > 0 for r in hist)
+    with open(out / "metrics.csv") as f:
+        assert {"val_acc", "val_acc_raw"} <= set(next(csv.DictReader(f)))
+    # without --ema nothing changes: no extra weights, no extra columns
+    plain = tmp_path / "plain"
+    train(TrainConfig(data=str(tiny_fer_csv), out=str(plain), arch=TINY, epochs=1, augment="none", progress=False,
+                      threads=1))
+    assert _load(plain / "last.pt")["train_model"] is None
+    assert "val_acc_raw" not in (plain / "metrics.csv").read_text()
 
 
 # -------------------------------------------------------------------------------- data parallel
@@ -324,6 +381,7 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--ferplus", "x.csv", "--ferplus-mode", "blend", "--ferplus-weight", "2"], "--ferplus-weight"),
     (["--epochs", "0"], "epochs"),
     (["--label-smoothing", "1.5"], "label smoothing"),
+    (["--ema", "1"], "--ema (weight-average decay)"),
     (["--sample-cap", "5"], "--sample-cap needs"),
     (["--sampling", "under", "--sample-cap", "nobody=3"], "not in this label set"),
     (["--precision", "fp16", "--device", "cpu"], "fp16"),

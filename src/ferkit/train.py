@@ -84,7 +84,9 @@ class TrainConfig:
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
     ``schedule_params`` (plateau: factor, patience, mode max|min, min_lr; cosine: min_lr; onecycle:
     div_factor, final_div_factor, pct_start), ``warmup_epochs`` (linear warm-up, may be fractional),
-    ``label_smoothing``, ``grad_clip`` (max gradient norm, 0 = off), ``class_weights`` (none, balanced,
+    ``label_smoothing``, ``grad_clip`` (max gradient norm, 0 = off), ``ema`` (decay of an exponential
+    moving average of the weights, updated after every step, e.g. 0.999; 0 = off: with it on, validation,
+    best-epoch selection and the saved ``model`` weights use the average), ``class_weights`` (none, balanced,
     sqrt), ``sampling`` (none, over, under) with ``sample_cap`` (a count, or {class name: count}),
     ``augment`` (a preset name from ``ferkit.augment.AUGMENT_PRESETS`` or a dict of ``AugmentConfig``
     fields, optionally with ``"preset"``).
@@ -127,6 +129,7 @@ class TrainConfig:
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
     grad_clip: float | None = None
+    ema: float | None = None
     class_weights: str | None = None
     sampling: str | None = None
     sample_cap: int | dict[str, int] | None = None
@@ -146,7 +149,7 @@ DEFAULTS: dict[str, Any] = {
     "arch_kwargs": {}, "label_set": "fer7", "split": "usage", "split_seed": 0, "seed": 0, "skip_bad": False,
     "preprocess": {}, "epochs": 30, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw",
     "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.01, "schedule": "cosine",
-    "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0,
+    "schedule_params": {}, "warmup_epochs": 0.0, "label_smoothing": 0.0, "grad_clip": 0.0, "ema": 0.0,
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
@@ -305,6 +308,7 @@ def _check_config(cfg: TrainConfig) -> None:
         (0 <= cfg.label_smoothing < 1, f"label smoothing must lie in [0, 1), got {cfg.label_smoothing}"),
         (0 <= cfg.warmup_epochs < cfg.epochs, f"warm-up epochs must lie in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}"),
         (cfg.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {cfg.grad_clip}"),
+        (0 <= cfg.ema < 1, f"--ema (weight-average decay) must lie in [0, 1), got {cfg.ema}"),
         (cfg.limit is None or cfg.limit >= 1, f"--limit must be >= 1, got {cfg.limit}"),
         (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
     ]
@@ -602,6 +606,33 @@ def _all_reduce_sum(values: list[float], rt: Runtime) -> list[float]:
     return t.tolist()
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights (and batch-norm statistics), updated after
+    every optimiser step: ``avg <- d * avg + (1 - d) * weights``. The decay ramps up as
+    ``min(decay, (1 + step) / (10 + step))`` so that the random initial weights fade fast; it depends on the
+    global step only, so a resumed run computes the same average as an uninterrupted one."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = float(decay)
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        avg, cur = [], []
+        for a, c in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if a.dtype.is_floating_point:
+                avg.append(a)
+                cur.append(c.detach())
+            else:
+                a.copy_(c)  # counters such as num_batches_tracked
+        torch._foreach_lerp_(avg, cur, 1.0 - d)
+
+
 @torch.no_grad()
 def evaluate_tensors(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, batch_size: int,
                      channels_last: bool) -> tuple[float, float]:
@@ -637,7 +668,8 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]], summary: dict[st
     epoch). Accuracies are fractions in [0, 1]; lr is the rate of the epoch's last step."""
     _write_atomic(run_dir / "metrics.json", json.dumps({**summary, "history": history}, indent=1).encode())
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    extra = [k for k in ("val_loss_raw", "val_acc_raw") if history and k in history[-1]]  # runs with --ema
+    w = csv.DictWriter(buf, fieldnames=[*METRIC_COLUMNS, *extra], extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(history)
     _write_atomic(run_dir / "metrics.csv", buf.getvalue().encode())
@@ -654,7 +686,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> N
     ep = [r["epoch"] for r in history]
     for ax, key, scale, name in ((ax_acc, "acc", 100.0, "accuracy (%)"), (ax_loss, "loss", 1.0, "loss")):
         ax.plot(ep, [scale * r[f"train_{key}"] for r in history], "o-", ms=3, label="train")
-        ax.plot(ep, [scale * r[f"val_{key}"] for r in history], "o-", ms=3, label="validation")
+        ax.plot(ep, [scale * r[f"val_{key}"] for r in history], "o-", ms=3,
+                label="validation (weight average)" if f"val_{key}_raw" in history[-1] else "validation")
+        if f"val_{key}_raw" in history[-1]:
+            ax.plot(ep, [scale * r.get(f"val_{key}_raw", float("nan")) for r in history], "-", lw=1,
+                    label="validation (trained weights)")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -784,6 +820,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(cfg, model)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     schedule = LRSchedule(cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule_params)
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
     weight = None
@@ -799,7 +836,10 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     history: list[dict[str, Any]] = []
     start_epoch, best_val_acc, best_epoch = 0, -1.0, 0
     if resume_ckpt is not None:  # restore everything a killed run had at the end of its last epoch
-        model.load_state_dict(resume_ckpt["model"])
+        # with a weight average, "model" holds the average and "train_model" the trained weights
+        model.load_state_dict(resume_ckpt.get("train_model") or resume_ckpt["model"])
+        if ema is not None:
+            ema.model.load_state_dict(resume_ckpt["model"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         schedule.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
@@ -823,8 +863,10 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     if cfg.compile:
         train_model = torch.compile(train_model)
 
-    def model_state() -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    eval_model = ema.model if ema is not None else model  # what is validated, selected and saved
+
+    def model_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in m.state_dict().items()}
 
     meta = {
         "arch": cfg.arch, "arch_kwargs": dict(cfg.arch_kwargs or {}), "num_classes": num_classes,
@@ -895,6 +937,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+            if ema is not None:
+                ema.update(model, epoch * steps_per_epoch + i)
             # running metrics (accuracy against the un-mixed labels)
             n = hi - lo
             loss_sum += loss.detach().double() * n
@@ -909,7 +953,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         train_time = time.perf_counter() - t0
 
         # validation, plateau schedule, best epoch
-        val_loss, val_acc = evaluate_tensors(model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
+        val_loss, val_acc = evaluate_tensors(eval_model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
         schedule.epoch_end(val_acc, val_loss)
         improved = val_acc > best_val_acc
         if improved:
@@ -919,6 +963,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "epoch_time_s": round(time.perf_counter() - t0, 3), "images_per_s": round(tr_seen / train_time, 1),
         }
+        if ema is not None:  # the trained weights too, to show what the average adds
+            record["val_loss_raw"], record["val_acc_raw"] = evaluate_tensors(
+                model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
         history.append(record)
 
         # files (process 0): best.pt, last.pt (with every rank's random state), metrics, curves
@@ -929,12 +976,13 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             rng_states = [None] * rt.world_size
             dist.all_gather_object(rng_states, _rng_state(gen, rt))
         if rt.main:
-            state = {**meta, "model": model_state(), "epoch": epoch + 1, "best_epoch": best_epoch,
+            state = {**meta, "model": model_state(eval_model), "epoch": epoch + 1, "best_epoch": best_epoch,
                      "best_val_acc": best_val_acc, "history": history}
             if improved:
                 save_checkpoint(state, run_dir / "best.pt")
             save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                              "scaler": scaler.state_dict() if scaler is not None else None,
+                             "train_model": model_state(model) if ema is not None else None,
                              "rng": {"world_size": rt.world_size, "ranks": rng_states}}, run_dir / "last.pt")
             summary = {"arch": cfg.arch, "seed": cfg.seed, "label_set": splits.label_set, "labels": list(labels),
                        "epochs_planned": cfg.epochs, "best_epoch": best_epoch, "best_val_acc": best_val_acc,

@@ -112,6 +112,8 @@ def register(subparsers) -> None:
     g.add_argument("--warmup-epochs", type=float)
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--grad-clip", type=float, help="max gradient norm (0 = off)")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="validate, select and save an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     g.add_argument("--class-weights", choices=["none", "balanced", "sqrt"], help="class-weighted loss")
     g.add_argument("--sampling", choices=["none", "over", "under"], help="re-balance classes each epoch")
     g.add_argument("--sample-cap", metavar="N|CLASS=N[,...]", help="per-class count for --sampling")
@@ -148,7 +150,7 @@ _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cut
               "gamma", "sharpness", "noise")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
-          "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip",
+          "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 
 
