@@ -125,6 +125,21 @@ def test_settings_precedence(tiny_fer_csv, tmp_path):
     assert c.lr == 0.03 and c.augment["rotate"] == 5.0 and c.augment["erase"] == 0.25
 
 
+def test_cpu_2h_recipe_is_cpu_fast_for_160_epochs_with_a_weight_average(tiny_fer_csv, tmp_path):
+    """The recipe behind the 70.52% PrivateTest figure: exactly cpu-fast + --epochs 160 --ema 0.999."""
+    from dataclasses import asdict
+
+    from ferkit.train import TrainConfig, resolve_config
+
+    base = dict(data=str(tiny_fer_csv), out=str(tmp_path / "r"))
+    two_h = asdict(resolve_config(TrainConfig(**base, recipe="cpu-2h")))
+    fast = asdict(resolve_config(TrainConfig(**base, recipe="cpu-fast", epochs=160, ema=0.999)))
+    assert two_h.pop("recipe") == "cpu-2h" and fast.pop("recipe") == "cpu-fast"
+    assert two_h == fast
+    assert (two_h["arch"], two_h["epochs"], two_h["ema"], two_h["schedule"]) == ("fastres_s", 160, 0.999, "onecycle")
+    assert resolve_config(TrainConfig(**base, recipe="cpu-fast")).ema == 0.0  # cpu-fast itself is unchanged
+
+
 # ----------------------------------------------------------------------------- kill and resume
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
 def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner, extra):
