@@ -62,7 +62,7 @@ ROWS = [
     Row("efficient, wider (`fastres`), 120 epochs", "fastres", "cpu-fast, 120 epochs",
         "--recipe cpu-fast --arch fastres --epochs 120 --out runs/fastres_e120", "-"),
     Row("2-hour CPU recipe (`--recipe cpu-2h`)", "fastres_s",
-        "cpu-fast, 160 epochs, exponential moving average of the weights (`--ema 0.999`), 98 min",
+        "cpu-fast, 160 epochs, exponential moving average of the weights (`--ema 0.999`), 102 min",
         "--recipe cpu-2h --out runs/ema_fastres_s_e160", "- (issue 4: >= 70% within 2 hours)"),
     Row("FER+ 8 classes (`--model ferplus`)", "fastres", "cpu-fast, FER+ soft targets, ferplus8, 50 epochs",
         f"--recipe cpu-fast --arch fastres --ferplus {FERPLUS_ARG} --ferplus-mode soft --label-set ferplus8 "

@@ -7,7 +7,7 @@ name the architecture; ``--arch`` still wins.
 
 The numbers here were chosen by reasoning, not tuned by search; the model cards and the README say which
 recipe produced which figure, with the command that reproduces it. ``cpu-2h`` is ``cpu-fast`` with the
-schedule length and weight average of its one measured run (70.52% PrivateTest, 98 minutes on 2 cores).
+schedule length and weight average of its one measured run (70.52% PrivateTest, 102 minutes on 2 cores).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ RECIPES: dict[str, Recipe] = {
     "cpu-2h": Recipe(
         "cpu-2h",
         "cpu-fast for 160 epochs with an exponential moving average of the weights (decay 0.999): 70.52% "
-        "PrivateTest without test-time augmentation in 98 minutes on the 2-core CPU "
+        "PrivateTest without test-time augmentation in 102 minutes on the 2-core CPU "
         "(docs/models/candidates/ema_fastres_s_e160)",
         {**_CPU_FAST, "epochs": 160, "ema": 0.999},
     ),

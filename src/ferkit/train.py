@@ -954,6 +954,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
 
         # validation, plateau schedule, best epoch
         val_loss, val_acc = evaluate_tensors(eval_model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
+        raw = None  # with --ema, the trained weights are validated too, to show what the average adds
+        if ema is not None:
+            raw = evaluate_tensors(model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
         schedule.epoch_end(val_acc, val_loss)
         improved = val_acc > best_val_acc
         if improved:
@@ -963,9 +966,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "epoch_time_s": round(time.perf_counter() - t0, 3), "images_per_s": round(tr_seen / train_time, 1),
         }
-        if ema is not None:  # the trained weights too, to show what the average adds
-            record["val_loss_raw"], record["val_acc_raw"] = evaluate_tensors(
-                model, val_x, val_y, rt, cfg.eval_batch_size, cfg.channels_last)
+        if raw is not None:
+            record["val_loss_raw"], record["val_acc_raw"] = raw
         history.append(record)
 
         # files (process 0): best.pt, last.pt (with every rank's random state), metrics, curves
