@@ -140,6 +140,27 @@ def test_cpu_2h_recipe_is_cpu_fast_for_160_epochs_with_a_weight_average(tiny_fer
     assert resolve_config(TrainConfig(**base, recipe="cpu-fast")).ema == 0.0  # cpu-fast itself is unchanged
 
 
+@pytest.mark.parametrize("recipe, explicit", [
+    ("default", dict(recipe="cpu-fast", arch="fastres_s", epochs=50, ferplus_mode="blend", ferplus_weight=0.5)),
+    ("ferplus", dict(recipe="cpu-fast", arch="fastres", epochs=50, ferplus_mode="soft", label_set="ferplus8")),
+])
+def test_bundled_model_recipes_equal_their_documented_commands(tiny_fer_csv, tmp_path, recipe, explicit):
+    """`--recipe default` / `--recipe ferplus` resolve to the commands in the two model cards, and without
+    --ferplus they stop with a message that names what is missing."""
+    from dataclasses import asdict
+
+    from ferkit.errors import FerkitError
+    from ferkit.train import TrainConfig, resolve_config
+
+    base = dict(data=str(tiny_fer_csv), out=str(tmp_path / "r"))
+    named = asdict(resolve_config(TrainConfig(**base, recipe=recipe, ferplus="votes.csv")))
+    spelled = asdict(resolve_config(TrainConfig(**base, ferplus="votes.csv", **explicit)))
+    assert named.pop("recipe") == recipe and spelled.pop("recipe") == "cpu-fast"
+    assert named == spelled
+    with pytest.raises(FerkitError, match=f"recipe '{recipe}' learns from the FER\\+ votes: add --ferplus PATH"):
+        resolve_config(TrainConfig(**base, recipe=recipe))
+
+
 # ----------------------------------------------------------------------------- kill and resume
 @pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
 def test_kill_and_resume_equals_uninterrupted_run(tiny_fer_csv, tmp_path, runner, extra):

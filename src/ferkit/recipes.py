@@ -8,6 +8,7 @@ name the architecture; ``--arch`` still wins.
 The numbers here were chosen by reasoning, not tuned by search; the model cards and the README say which
 recipe produced which figure, with the command that reproduces it. ``cpu-2h`` is ``cpu-fast`` with the
 schedule length and weight average of its one measured run (70.52% PrivateTest, 102 minutes on 2 cores).
+``default`` and ``ferplus`` reproduce the bundled models of those names; they need ``--ferplus PATH``.
 """
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ RECIPES: dict[str, Recipe] = {
         "PrivateTest without test-time augmentation in 102 minutes on the 2-core CPU "
         "(docs/models/candidates/ema_fastres_s_e160)",
         {**_CPU_FAST, "epochs": 160, "ema": 0.999},
+    ),
+    "default": Recipe(
+        "default",
+        "the bundled default model's recipe: cpu-fast for 50 epochs with FER2013's labels half blended with "
+        "the FER+ vote distribution (needs --ferplus PATH; docs/models/default/MODEL_CARD.md)",
+        {**_CPU_FAST, "epochs": 50, "ferplus_mode": "blend", "ferplus_weight": 0.5, "label_set": "fer7"},
+    ),
+    "ferplus": Recipe(
+        "ferplus",
+        "the bundled `ferplus` model's recipe: the 8 FER+ classes learnt from the vote distributions, the "
+        "`fastres` network, cpu-fast for 50 epochs (needs --ferplus PATH; docs/models/ferplus/MODEL_CARD.md)",
+        {**_CPU_FAST, "arch": "fastres", "epochs": 50, "ferplus_mode": "soft", "label_set": "ferplus8"},
     ),
     "gpu-strong": Recipe(
         "gpu-strong",

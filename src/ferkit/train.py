@@ -287,6 +287,10 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.ferplus_mode is not None and cfg.ferplus_mode not in FERPLUS_MODES:
         bad(f"unknown FER+ mode {cfg.ferplus_mode!r}; choose one of {', '.join(FERPLUS_MODES)}")
     if cfg.ferplus_mode is not None and not cfg.ferplus:
+        from .recipes import get_recipe
+
+        if cfg.recipe and "ferplus_mode" in get_recipe(cfg.recipe).settings:
+            bad(f"recipe {cfg.recipe!r} learns from the FER+ votes: add --ferplus PATH (the fer2013new.csv file)")
         bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
     if cfg.ferplus_mode == "blend" and cfg.label_set == "ferplus8":
         bad("--ferplus-mode blend keeps FER2013's labels: use it with --label-set fer7, fer6 or fer5")
