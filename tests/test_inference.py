@@ -163,6 +163,25 @@ def test_read_gray_16bit_and_rgba_png(tmp_path):
     assert tuple(a[0, 0]) == (0, 0, 255) and tuple(a[0, 9]) == (255, 255, 255)
 
 
+def test_array_conversions_share_one_dtype_rule():
+    """ferkit.faces.as_gray is ferkit.preprocess.to_gray (one implementation for detection and the model's
+    input); every dtype maps to uint8 the same way, and a bad shape is a FerkitError."""
+    from ferkit.faces import as_bgr, as_gray
+    from ferkit.preprocess import to_gray, to_uint8
+
+    assert as_gray is to_gray
+    assert to_uint8(np.array([0, 256, 65535], np.uint16)).tolist() == [0, 1, 255]
+    assert to_uint8(np.array([-0.5, 0.5, 2.0])).tolist() == [0, 128, 255]
+    assert to_uint8(np.array([False, True])).tolist() == [0, 255]
+    assert to_uint8(np.array([-3, 7, 300])).tolist() == [0, 7, 255]
+    bgr = np.zeros((4, 5, 3), np.float32)
+    bgr[..., 2] = 1.0  # pure red in BGR order
+    assert to_gray(bgr).shape == (4, 5) and int(to_gray(bgr)[0, 0]) == 76  # 0.299 * 255
+    assert as_bgr(np.full((4, 5), True)).shape == (4, 5, 3) and int(as_bgr(np.full((4, 5), True))[0, 0, 1]) == 255
+    with pytest.raises(FerkitError, match="gray, BGR or BGRA"):
+        to_gray(np.zeros((4, 5, 2), np.uint8))
+
+
 def _exif_app1(orientation: int, big_endian: bool = False) -> bytes:
     e = ">" if big_endian else "<"
     tiff = (b"MM" if big_endian else b"II") + struct.pack(e + "HI", 42, 8)

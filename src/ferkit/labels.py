@@ -14,6 +14,19 @@ from .errors import FerkitError
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
+#: one colour per emotion (BGR) for boxes and tags, shared by ferkit.pipeline's drawing, the server's
+#: overlay and the web page (static/app.css uses the same colours)
+EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {
+    "angry": (77, 72, 229),
+    "disgust": (108, 164, 48),
+    "fear": (198, 78, 142),
+    "happy": (36, 165, 245),
+    "sad": (221, 99, 62),
+    "surprise": (148, 165, 18),
+    "neutral": (152, 141, 139),
+    "contempt": (88, 127, 173),
+}
+
 # The FER+ 8-class set, in the column order of fer2013new.csv, with ferkit's names.
 FERPLUS_EMOTIONS: tuple[str, ...] = (
     "neutral", "happy", "surprise", "sad", "angry", "disgust", "fear", "contempt",

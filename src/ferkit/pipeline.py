@@ -28,6 +28,7 @@ import numpy as np
 from .errors import FerkitError
 from .faces import DEFAULT_MAX_SIDE, Detection, as_bgr, as_gray, detect_faces, get_detector
 from .faces.align import CropSpec, crop_faces
+from .labels import EMOTION_COLORS_BGR
 
 __all__ = ["FaceResult", "Analyzer", "analyze", "draw_results", "default_crop", "EMOTION_COLORS_BGR"]
 
@@ -246,17 +247,6 @@ def analyze(image, *, model=None, detector="auto", min_face: int = 0, confidence
 
 
 # ------------------------------------------------------------------------------------------ drawing
-#: one colour per emotion (BGR); the same palette as the web page
-EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {
-    "angry": (77, 72, 229),
-    "disgust": (108, 164, 48),
-    "fear": (198, 78, 142),
-    "happy": (36, 165, 245),
-    "sad": (221, 99, 62),
-    "surprise": (148, 165, 18),
-    "neutral": (152, 141, 139),
-    "contempt": (88, 127, 173),
-}
 
 
 def emotion_color(label: str) -> tuple[int, int, int]:

@@ -51,18 +51,27 @@ class PreprocessSpec:
 DEFAULT_SPEC = PreprocessSpec()
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Any image array -> uint8 of the same shape: uint16 keeps its high byte, floats are taken to lie in
+    0..1, booleans become 0/255, other integers are clipped to 0..255."""
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    if img.dtype.kind == "f":
+        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """Any image array (gray, BGR, BGRA; uint8, uint16 or float in 0..1) -> 2-D uint8 grayscale.
+    """Any image array (gray, BGR, BGRA; uint8, uint16, bool or float in 0..1) -> 2-D uint8 grayscale.
 
     Colour arrays are taken to be in OpenCV's BGR(A) order.
     """
-    img = np.asarray(image)
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype.kind == "f":
-        img = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
+    img = to_uint8(image)
     if img.ndim == 2:
         return img
     if img.ndim == 3 and img.shape[2] == 1:

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 
 from ..errors import FerkitError
+from ..preprocess import to_gray as as_gray  # also public here: ferkit.faces.as_gray
+from ..preprocess import to_uint8
 
 __all__ = [
     "Detection",
@@ -161,22 +163,9 @@ def get_detector(name: str | FaceDetector = "auto") -> FaceDetector:
     return det
 
 
-def _as_uint8(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.uint16:
-        return (img >> 8).astype(np.uint8)
-    if img.dtype.kind == "f":
-        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    if img.dtype == np.bool_:
-        return img.astype(np.uint8) * 255
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def as_bgr(image: np.ndarray) -> np.ndarray:
     """Gray (H, W), (H, W, 1), BGR or BGRA image of any common dtype -> uint8 BGR (H, W, 3)."""
-    img = _as_uint8(image)
+    img = to_uint8(image)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     if img.ndim == 3 and img.shape[2] == 1:
@@ -185,20 +174,6 @@ def as_bgr(image: np.ndarray) -> np.ndarray:
         return img
     if img.ndim == 3 and img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    raise FerkitError(f"expected a gray, BGR or BGRA image, got an array of shape {img.shape}")
-
-
-def as_gray(image: np.ndarray) -> np.ndarray:
-    """Gray/BGR/BGRA image of any common dtype -> uint8 gray (H, W)."""
-    img = _as_uint8(image)
-    if img.ndim == 2:
-        return img
-    if img.ndim == 3 and img.shape[2] == 1:
-        return img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
     raise FerkitError(f"expected a gray, BGR or BGRA image, got an array of shape {img.shape}")
 
 

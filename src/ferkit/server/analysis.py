@@ -23,19 +23,9 @@ import cv2
 import numpy as np
 
 from ..errors import FerkitError
+from ..labels import EMOTION_COLORS_BGR
 from .settings import ServerSettings
 
-# one colour per emotion (BGR), shared with the web page's palette (static/app.css)
-EMOTION_COLORS_BGR: dict[str, tuple[int, int, int]] = {
-    "angry": (77, 72, 229),
-    "disgust": (108, 164, 48),
-    "fear": (198, 78, 142),
-    "happy": (36, 165, 245),
-    "sad": (221, 99, 62),
-    "surprise": (148, 165, 18),
-    "neutral": (152, 141, 139),
-    "contempt": (88, 127, 173),
-}
 _FALLBACK_COLOR = (200, 200, 200)
 
 
