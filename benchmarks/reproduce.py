@@ -67,6 +67,10 @@ ROWS = [
     Row("FER+ 8 classes (`--model ferplus`)", "fastres", "cpu-fast, FER+ soft targets, ferplus8, 50 epochs",
         f"--recipe cpu-fast --arch fastres --ferplus {FERPLUS_ARG} --ferplus-mode soft --label-set ferplus8 "
         "--epochs 50 --out runs/ferplus_fastres_e50", "- (issue 4 aims at 89%)"),
+    Row("FER+ 8 classes, 100 epochs + weight average (candidate)", "fastres",
+        "cpu-fast, FER+ soft targets, ferplus8, 100 epochs, `--ema 0.999`",
+        f"--recipe cpu-fast --arch fastres --ferplus {FERPLUS_ARG} --ferplus-mode soft --label-set ferplus8 "
+        "--epochs 100 --ema 0.999 --out runs/ema_ferplus_fastres_e100", "- (issue 4 aims at 89%)"),
     Row("FER+ 8 classes, smaller network (candidate)", "fastres_s", "cpu-fast, FER+ soft targets, ferplus8, 40 epochs",
         f"--recipe cpu-fast --arch fastres_s --ferplus {FERPLUS_ARG} --ferplus-mode soft --label-set ferplus8 "
         "--epochs 40 --out runs/ferplus_fastres_s", "- (issue 4 aims at 89%)"),
