@@ -54,6 +54,7 @@ from .data.balance import SAMPLING_MODES, WEIGHT_MODES, class_weights, epoch_ind
 from .data.ferplus import FERPLUS_MODES
 from .errors import FerkitError
 from .preprocess import PreprocessSpec, prepare_faces
+from .recipes import get_recipe
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
@@ -216,7 +217,6 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     Raises FerkitError for unknown names and impossible combinations.
     """
     from .models import model_info
-    from .recipes import get_recipe
 
     given = {k: v for k, v in asdict(config).items() if v is not None}
     recipe = dict(get_recipe(given["recipe"]).settings) if given.get("recipe") else {}
@@ -287,8 +287,6 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.ferplus_mode is not None and cfg.ferplus_mode not in FERPLUS_MODES:
         bad(f"unknown FER+ mode {cfg.ferplus_mode!r}; choose one of {', '.join(FERPLUS_MODES)}")
     if cfg.ferplus_mode is not None and not cfg.ferplus:
-        from .recipes import get_recipe
-
         if cfg.recipe and "ferplus_mode" in get_recipe(cfg.recipe).settings:
             bad(f"recipe {cfg.recipe!r} learns from the FER+ votes: add --ferplus PATH (the fer2013new.csv file)")
         bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
