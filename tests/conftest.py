@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,19 @@ DATA_DIR = Path(os.environ.get("FERKIT_DATA_DIR", ROOT.parent / "shared" / "data
 FER2013_CSV = DATA_DIR / "fer2013" / "fer2013.csv.gz"
 FERPLUS_CSV = DATA_DIR / "fer2013" / "fer2013new.csv"
 FACES_DEV = DATA_DIR / "faces-dev"
+
+
+@pytest.fixture
+def load_benchmark(monkeypatch):
+    """``load_benchmark("name")`` imports ``benchmarks/name.py`` as module ``name``, registered in
+    ``sys.modules`` for the test only (dataclasses in a script look their module up there)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, mod)
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 @pytest.fixture(autouse=True)

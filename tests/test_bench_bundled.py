@@ -1,24 +1,15 @@
 """benchmarks/bench_bundled.py: one row per bundled model, ratios against the default from the same run."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_bench_bundled_prints_every_bundled_model_with_its_ratio_to_default(monkeypatch, capsys):
+def test_bench_bundled_prints_every_bundled_model_with_its_ratio_to_default(load_benchmark, capsys):
     from ferkit.runtime import bundled_models
 
     if "default" not in bundled_models():
         pytest.skip("no bundled default model in this installation")
-    spec = importlib.util.spec_from_file_location("bench_bundled", ROOT / "benchmarks" / "bench_bundled.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_bundled", mod)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("bench_bundled")
     assert mod.main(["--batch", "8", "--rounds", "1", "--seconds", "0.05", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]

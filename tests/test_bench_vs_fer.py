@@ -1,29 +1,16 @@
 """benchmarks/bench_vs_fer.py on a tiny synthetic FER2013 CSV, with fer made unavailable (fast, deterministic)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import make_fer_csv, write_ferplus_csv
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "bench_vs_fer.py"
 
-
-def _load_script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_vs_fer", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_vs_fer", mod)  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly(tmp_path, monkeypatch, capsys):
+def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly(tmp_path, monkeypatch, capsys,
+                                                                                 load_benchmark):
     pytest.importorskip("onnxruntime")
     from ferkit.data.fer2013 import load_fer2013
     from ferkit.metrics import accuracy, macro_f1
@@ -31,7 +18,7 @@ def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly
 
     if "default" not in bundled_models():
         pytest.skip("no bundled default model in this installation")
-    bench = _load_script(monkeypatch)
+    bench = load_benchmark("bench_vs_fer")
 
     # fer unavailable, whatever is installed here: the package lookup finds nothing
     def no_fer():
@@ -83,14 +70,14 @@ def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly
     assert "fer rows skipped (--no-fer)" in capsys.readouterr().out
 
 
-def test_bench_vs_fer_scores_against_the_ferplus_majority(tmp_path, monkeypatch, capsys):
+def test_bench_vs_fer_scores_against_the_ferplus_majority(tmp_path, capsys, load_benchmark):
     pytest.importorskip("onnxruntime")
     from ferkit.data.fer2013 import load_fer2013
     from ferkit.runtime import EmotionClassifier, bundled_models
 
     if "default" not in bundled_models():
         pytest.skip("no bundled default model in this installation")
-    bench = _load_script(monkeypatch)
+    bench = load_benchmark("bench_vs_fer")
     csv = make_fer_csv(tmp_path / "fer2013.csv", n_per_split=(7, 30, 20), seed=5)
     data = load_fer2013(csv)
     # FER+ votes: every even row is clearly neutral, every odd row is a tie (left out of the FER+ column)

@@ -1,25 +1,18 @@
 """benchmarks/compare_runs.py: runs side by side from their metrics.csv, differences in standard errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 HEADER = "epoch,train_loss,train_acc,val_loss,val_acc,lr,epoch_time_s,images_per_s\n"
 
 
 @pytest.fixture()
-def mod(monkeypatch):
-    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "benchmarks" / "compare_runs.py")
-    m = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "compare_runs", m)
-    spec.loader.exec_module(m)
-    return m
+def mod(load_benchmark):
+    return load_benchmark("compare_runs")
 
 
 def _run(path: Path, val: list[float], train: list[float], n_val: int | None = None) -> Path:

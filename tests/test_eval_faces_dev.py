@@ -1,9 +1,6 @@
 """benchmarks/eval_faces_dev.py: faces-dev's FER2013 labels are scored in the model's own label ids."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,16 +8,11 @@ import pytest
 
 from ferkit.labels import EMOTIONS, FERPLUS_EMOTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("eval_faces_dev", ROOT / "benchmarks" / "eval_faces_dev.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "eval_faces_dev", mod)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark):
+    return load_benchmark("eval_faces_dev")
 
 
 Y_FER7 = np.array([0, 1, 3, 4, 5, 6, 6])  # angry disgust happy sad surprise neutral neutral

@@ -496,16 +496,11 @@ def test_greedy_select_finds_a_complementary_pair():
 
 
 def test_select_ensemble_script_chooses_on_publictest_and_reports_privatetest_after(tiny_run, second_run, tmp_path,
-                                                                                     monkeypatch, capsys):
-    import importlib.util
-
+                                                                                     load_benchmark, capsys):
     from ferkit.ensemble import greedy_select
 
     csv, run, _, _ = tiny_run
-    spec = importlib.util.spec_from_file_location("select_ensemble", ROOT / "benchmarks" / "select_ensemble.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "select_ensemble", mod)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("select_ensemble")
     out_json = tmp_path / "sel.json"
     assert mod.main([str(run), str(second_run), "--data", str(csv), "--tta", "flip", "--test", "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
