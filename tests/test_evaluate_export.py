@@ -452,6 +452,149 @@ def test_models_bundled_lists_single_models_and_ensembles(tiny_run, second_run, 
     assert "accurate  ensemble of 2" in out and "--model NAME" in out
 
 
+@pytest.fixture(scope="module")
+def exported_pair(tiny_run, second_run, tmp_path_factory):
+    """(a.onnx, b.onnx, ens.onnx): the two tiny runs exported, and their ensemble (weights 1:3) from checkpoints."""
+    from ferkit.export import export_ensemble
+
+    base = tmp_path_factory.mktemp("exported_pair")
+    b = base / "b.onnx"
+    export_onnx(second_run, b)
+    export_ensemble([tiny_run[1], second_run], base / "ens.onnx", weights=[1, 3])
+    return tiny_run[2], b, base / "ens.onnx"
+
+
+def test_combine_onnx_is_the_weighted_mean_and_opens_nested_ensembles(exported_pair, tiny_run, second_run, tmp_path):
+    from ferkit.onnx_ensemble import combine_onnx
+
+    a, b, ens = exported_pair
+    # ens (= 1/4 a + 3/4 b) weighted 2, a weighted 1: 1/6 a + 1/2 b + 1/3 a
+    info = combine_onnx([ens, a], tmp_path / "c.onnx", weights=[2, 1], tta="flip")
+    assert info["max_abs_diff"] <= 1e-5 and info["weights"] == pytest.approx([1 / 6, 1 / 2, 1 / 3])
+    clf = EmotionClassifier(tmp_path / "c.onnx")
+    meta = clf.metadata
+    assert clf.tta == "flip" and meta["arch"] == "ensemble" and meta["provenance"]["weights_dtype"] == "float32"
+    assert [m["arch"] for m in meta["arch_kwargs"]["members"]] == ["_test_tiny_bn"] * 3
+    assert [m["weight"] for m in meta["arch_kwargs"]["members"]] == pytest.approx([1 / 6, 1 / 2, 1 / 3])
+    assert [m["source"] for m in meta["provenance"]["members"]] == [str(tiny_run[1]), str(second_run), str(a)]
+    assert meta["provenance"]["members"][1]["config"]["seed"] == 1
+    assert meta["provenance"]["data_sha256"] == EmotionClassifier(a).metadata["provenance"]["data_sha256"]
+    faces = np.random.default_rng(5).integers(0, 256, (11, 48, 48), dtype=np.uint8)
+    pa = EmotionClassifier(a).predict_proba(faces, tta="none")
+    pb = EmotionClassifier(b).predict_proba(faces, tta="none")
+    assert not np.allclose(pa, pb, atol=1e-3)
+    np.testing.assert_allclose(clf.predict_proba(faces, tta="none"), 0.5 * pa + 0.5 * pb, atol=1e-5)
+    # the graph has one Softmax per member network, so the result can be split and combined again
+    assert sum(n.op_type == "Softmax" for n in onnx.load(str(tmp_path / "c.onnx")).graph.node) == 3
+
+
+def test_combine_onnx_half_stores_float16_weights_with_the_same_predictions(exported_pair, tmp_path):
+    from ferkit.onnx_ensemble import combine_onnx
+
+    a, b, _ = exported_pair
+    full = combine_onnx([a, b], tmp_path / "full.onnx")
+    half = combine_onnx([a, b], tmp_path / "half.onnx", half=True)
+    assert half["bytes"] < 0.65 * full["bytes"]
+    proto = onnx.load(str(tmp_path / "half.onnx"))
+    dtypes = {t.data_type for t in proto.graph.initializer if int(np.prod(t.dims)) >= 16}
+    assert dtypes == {onnx.TensorProto.FLOAT16}
+    assert sum(n.op_type == "Cast" for n in proto.graph.node) == half["half_tensors"] > 0
+    assert EmotionClassifier(tmp_path / "half.onnx").metadata["provenance"]["weights_dtype"] == "float16"
+    faces = np.random.default_rng(6).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    p_full = EmotionClassifier(tmp_path / "full.onnx").predict_proba(faces, tta="none")
+    p_half = EmotionClassifier(tmp_path / "half.onnx").predict_proba(faces, tta="none")
+    assert 0 < np.abs(p_full - p_half).max() < 2e-3  # rounded weights: close, not identical
+    # a verification that fails leaves nothing behind
+    with pytest.raises(FerkitError, match="differ from the mean"):
+        combine_onnx([a, b], tmp_path / "strict.onnx", half=True, half_atol=1e-12)
+    assert not list(tmp_path.glob("strict*"))
+
+
+def test_split_ensemble_gives_back_its_members(exported_pair, tiny_run, tmp_path):
+    from ferkit.onnx_ensemble import split_ensemble
+
+    a, b, ens = exported_pair
+    paths = split_ensemble(ens, tmp_path / "members")
+    assert [p.name for p in paths] == ["ens_member0.onnx", "ens_member1.onnx"]
+    faces = np.random.default_rng(7).integers(0, 256, (9, 48, 48), dtype=np.uint8)
+    for path, original in zip(paths, (a, b)):
+        clf = EmotionClassifier(path)
+        assert clf.metadata["arch"] == "_test_tiny_bn" and clf.tta == "none"
+        np.testing.assert_allclose(clf.predict_proba(faces), EmotionClassifier(original).predict_proba(faces),
+                                   atol=1e-5)
+    assert EmotionClassifier(paths[0]).metadata["provenance"]["source"] == str(tiny_run[1])
+    with pytest.raises(FerkitError, match="single network"):
+        split_ensemble(a, tmp_path / "x")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FerkitError, match="not a directory"):
+        split_ensemble(ens, tmp_path / "file")
+
+
+def test_combine_onnx_refuses_what_does_not_fit(exported_pair, tiny_run, tmp_path):
+    from ferkit.onnx_ensemble import combine_onnx
+
+    a, b, ens = exported_pair
+    csv, run, _, _ = tiny_run
+    out = tmp_path / "e.onnx"
+    with pytest.raises(FerkitError, match="at least two member networks"):
+        combine_onnx([a], out)
+    with pytest.raises(FerkitError, match="2 weights for 3"):
+        combine_onnx([a, b, ens], out, weights=[1, 1])
+    with pytest.raises(FerkitError, match="positive"):
+        combine_onnx([a, b], out, weights=[1, -1])
+    with pytest.raises(FerkitError, match="must be an .onnx"):
+        combine_onnx([a, b], tmp_path / "e.txt")
+    fer6 = tmp_path / "fer6.onnx"
+    export_onnx(train_tiny_run(csv, tmp_path / "fer6", steps=2, label_set="fer6"), fer6)
+    with pytest.raises(FerkitError, match="predicts"):
+        combine_onnx([a, fer6], out)
+    other = tmp_path / "other.onnx"
+    export_onnx(train_tiny_run(make_fer_csv(tmp_path / "other.csv", n_per_split=(70, 14, 14), seed=5),
+                               tmp_path / "other_run", steps=2), other)
+    with pytest.raises(FerkitError, match="data_sha256"):
+        combine_onnx([a, other], out)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model at all")
+    with pytest.raises(FerkitError, match="not a readable ONNX"):
+        combine_onnx([a, garbage], out)
+    plain = onnx.load(str(a))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    with pytest.raises(FerkitError, match="not one exported by ferkit"):
+        combine_onnx([a, tmp_path / "plain.onnx"], out)
+    with pytest.raises(FerkitError, match="not found"):
+        combine_onnx([a, tmp_path / "missing.onnx"], out)
+    assert not out.exists() and not list(tmp_path.glob("e.*"))
+
+
+def test_cli_export_combines_onnx_models_and_splits_ensembles(exported_pair, tiny_run, tmp_path, monkeypatch, capfd):
+    import ferkit.runtime as runtime
+
+    a, b, ens = exported_pair
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "accurate.onnx").write_bytes(ens.read_bytes())
+    monkeypatch.setattr(runtime, "ASSETS_DIR", assets)
+    out = tmp_path / "e.onnx"
+    assert cli_main(["export", "accurate", str(a), "--out", str(out), "--half", "--tta", "flip"]) == 0
+    text = capfd.readouterr().out
+    assert "ensemble of 3" in text and "float16" in text and "tta flip" in text
+    assert EmotionClassifier(out).metadata["provenance"]["sources"] == ["accurate", str(a)]
+    assert cli_main(["export", "accurate", "--split", str(tmp_path / "m")]) == 0
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["accurate_member0.onnx", "accurate_member1.onnx"]
+    capfd.readouterr()
+    for argv, message in (
+        (["export", str(tiny_run[1]), str(a), "--out", str(tmp_path / "x.onnx")], "not both"),
+        (["export", str(tiny_run[1]), "--out", str(tmp_path / "x.onnx"), "--half"], "--half is for combining"),
+        (["export", str(a), str(b)], "give --out"),
+        (["export", str(a), str(b), "--split", str(tmp_path / "s")], "--split takes one ensemble"),
+        (["export", str(a), str(b), "--out", str(tmp_path / "x.onnx"), "--exporter", "torchscript"], "keep their graphs"),
+    ):
+        assert cli_main(argv) == 2, argv
+        assert message in capfd.readouterr().err
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "s").exists()
+
+
 def test_greedy_select_adds_members_only_while_publictest_improves():
     from ferkit.ensemble import greedy_select
 

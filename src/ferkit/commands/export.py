@@ -1,7 +1,10 @@
 """``ferkit export RUN_DIR --out model.onnx``: a checkpoint -> one self-describing .onnx.
 
 Several runs (``ferkit export RUN_A RUN_B ... --out accurate.onnx``) give one ensemble file whose
-probabilities are the (weighted) mean of the members'."""
+probabilities are the (weighted) mean of the members'. Exported models (``.onnx`` files or bundled names)
+combine the same way without their checkpoints (``ferkit export accurate runs/b.onnx --out e.onnx --half``),
+and ``ferkit export accurate --split DIR`` writes an ensemble's members as files of their own
+(:mod:`ferkit.onnx_ensemble`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +16,20 @@ def register(subparsers) -> None:
         help="export a training run or checkpoint to one .onnx with label/preprocessing/provenance metadata",
         description="Export a run directory (its best.pt) or a checkpoint file to ONNX (dynamic batch, float32). "
                     "Given several runs, export their ensemble (mean of probabilities) as one file. "
-                    "The result is checked against the PyTorch model with onnxruntime (max |diff| <= 1e-4).",
+                    "The result is checked against the PyTorch model with onnxruntime (max |diff| <= 1e-4). "
+                    "Exported models (.onnx files, bundled names) combine into an ensemble the same way, "
+                    "checked against the members' mean with onnxruntime.",
     )
-    p.add_argument("run", nargs="+", help="run directory (uses best.pt) or checkpoint .pt; several: an ensemble")
+    p.add_argument("run", nargs="+",
+                   help="run directory (uses best.pt) or checkpoint .pt; several: an ensemble. Or exported models "
+                        "(.onnx or bundled names, not mixed with runs): their ensemble")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="ensemble only: one positive weight per run (default: equal weights)")
-    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--out", help="output .onnx path")
+    p.add_argument("--half", action="store_true",
+                   help="with .onnx members: store the weights as float16 (half the file; inference stays float32)")
+    p.add_argument("--split", metavar="DIR",
+                   help="write each member of one ensemble .onnx as its own .onnx in DIR (instead of --out)")
     p.add_argument("--opset", type=int, default=17, help="minimum ONNX opset (the dynamo exporter writes 18)")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), default=None,
                    help="the model's default test-time augmentation, stored in its metadata "
@@ -35,6 +46,38 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import FerkitError
+
+    onnx_in = [_is_exported(r) for r in args.run]
+    if args.split is not None:
+        if len(args.run) != 1 or not onnx_in[0] or args.out or args.half or args.weights or args.tta:
+            raise FerkitError("--split takes one ensemble .onnx (or bundled name) and no other option")
+        from ..onnx_ensemble import split_ensemble
+
+        for path in split_ensemble(args.run[0], args.split):
+            print(f"wrote {path}")
+        return 0
+    if not args.out:
+        raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
+    if any(onnx_in):
+        if not all(onnx_in):
+            raise FerkitError("give either training runs or exported .onnx models, not both "
+                              "(export the runs first: ferkit export RUN --out run.onnx)")
+        if args.exporter != "auto" or args.opset != 17:
+            raise FerkitError("--exporter and --opset are for exporting runs; .onnx members keep their graphs")
+        from ..onnx_ensemble import combine_onnx
+
+        info = combine_onnx(args.run, args.out, weights=args.weights, tta=args.tta, half=args.half)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            meta = info["metadata"]
+            print(f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): ensemble of {len(info['members'])} "
+                  f"({', '.join(m['arch'] for m in meta['arch_kwargs']['members'])}), weights "
+                  f"{', '.join(f'{w:.3f}' for w in info['weights'])}, {meta['provenance']['weights_dtype']}, "
+                  f"tta {meta['tta']}, max |file - members' mean| = {info['max_abs_diff']:.2e}")
+        return 0
+    if args.half:
+        raise FerkitError("--half is for combining exported .onnx models")
     from ..export import export_ensemble, export_onnx
 
     with contextlib.redirect_stdout(sys.stderr):
@@ -53,3 +96,14 @@ def run(args: argparse.Namespace) -> int:
               f"input (N, 1, {meta['input_size']}, {meta['input_size']}), opset {info['opset']}, "
               f"exporter {info['exporter']}, tta {meta['tta']}, max |onnx - torch| = {info['max_abs_diff']:.2e}")
     return 0
+
+
+def _is_exported(arg: str) -> bool:
+    """An exported model: an .onnx path or the name of a bundled model (not a run directory)."""
+    import os
+
+    from ..runtime import bundled_models
+
+    if arg.endswith(".onnx"):
+        return True
+    return not os.path.exists(arg) and arg in bundled_models()
