@@ -8,6 +8,10 @@ Every candidate is evaluated on PublicTest (with the given test-time augmentatio
 accurate on PublicTest. Only after that choice, ``--test`` evaluates the chosen ensemble (and, for
 reference, each candidate) on PrivateTest; PrivateTest plays no part in the choice. The script ends with
 the ``ferkit export`` command that writes the chosen ensemble as one ``.onnx``.
+
+Candidates are run directories or exported ``.onnx`` files (no checkpoint needed: ``ferkit export`` combines
+``.onnx`` members too, ``--half`` stores them in float16). To choose among the networks of an existing
+ensemble, split it first: ``ferkit export accurate --split members/``.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ def _probs(run: str, data: str, split: str, tta: str, limit: int | None) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+", help="candidate run directories or checkpoints (same data and split)")
+    ap.add_argument("runs", nargs="+", help="candidate run directories, checkpoints or exported .onnx files (same data and split)")
     ap.add_argument("--data", required=True, help="fer2013.csv(.gz)")
     ap.add_argument("--tta", choices=("none", "flip", "tencrop"), default="none", help="test-time augmentation")
     ap.add_argument("--max-members", type=int, default=None, help="stop at this many members")

@@ -305,6 +305,31 @@ def _write_verified(model, spec: PreprocessSpec, out_path: Path, meta: dict[str,
     }
 
 
+def check_ensemble_members(members: list[tuple[str, list, dict | None, dict | None]]) -> None:
+    """Refuse members (name, labels, preprocess dict, training-data info) that cannot be averaged: other
+    labels or preprocessing than the first member's, or another data file or split (then one member's
+    training images may be another's test images)."""
+    from .data.splits import training_data_mismatch
+
+    _, first_labels, first_pre, first_data = members[0]
+    for i, (name, labels, pre, data) in enumerate(members):
+        if not isinstance(data, dict):
+            raise FerkitError(f"ensemble member {name} has no record of its training data, so it cannot be "
+                              "checked that the members share one data file and split")
+        if i == 0:
+            continue
+        if [str(x) for x in labels] != [str(x) for x in first_labels]:
+            raise FerkitError(f"ensemble member {name} predicts {list(labels)}, the first member {list(first_labels)}")
+        if PreprocessSpec.from_dict(pre) != PreprocessSpec.from_dict(first_pre):
+            raise FerkitError(f"ensemble member {name} uses other preprocessing than the first member")
+        key = training_data_mismatch(data, first_data)
+        if key is not None:
+            raise FerkitError(
+                f"ensemble member {name} was trained with {key} {data.get(key)!r}, the first member with "
+                f"{first_data.get(key)!r}: members must share the data file and split, or one member's "
+                "training images may be another's test images")
+
+
 def export_ensemble(
     runs_or_checkpoints: list,
     out_path: str | os.PathLike,
@@ -325,7 +350,6 @@ def export_ensemble(
     ``tta`` is the ensemble's default test-time augmentation (None: ``"none"``).
     """
     from .checkpoint import build_model
-    from .data.splits import training_data_mismatch
     from .models.ensemble import EnsembleNet
 
     out_path = _check_export_args(out_path, opset, exporter)
@@ -336,18 +360,8 @@ def export_ensemble(
              for i, (r, c) in enumerate(zip(runs_or_checkpoints, ckpts))]
     first = ckpts[0]
     first_data = checkpoint_data_info(first)
-    for name, c in zip(names[1:], ckpts[1:]):
-        if [str(x) for x in c["labels"]] != [str(x) for x in first["labels"]]:
-            raise FerkitError(f"ensemble member {name} predicts {list(c['labels'])}, the first member {list(first['labels'])}")
-        if PreprocessSpec.from_dict(c.get("preprocess")) != PreprocessSpec.from_dict(first.get("preprocess")):
-            raise FerkitError(f"ensemble member {name} uses other preprocessing than the first member")
-        data = checkpoint_data_info(c)
-        key = training_data_mismatch(data, first_data)
-        if key is not None:
-            raise FerkitError(
-                f"ensemble member {name} was trained with {key} {data.get(key)!r}, the first member with "
-                f"{first_data.get(key)!r}: members must share the data file and split, or one member's "
-                "training images may be another's test images")
+    check_ensemble_members([(name, c["labels"], c.get("preprocess"), checkpoint_data_info(c))
+                            for name, c in zip(names, ckpts)])
     spec = PreprocessSpec.from_dict(first.get("preprocess"))
     labels = [str(x) for x in first["labels"]]
     net = EnsembleNet([build_model(c).float().eval() for c in ckpts], weights).eval()

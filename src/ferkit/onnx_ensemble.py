@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FerkitError
+from .export import check_ensemble_members
 from .metrics import softmax
 from .preprocess import PreprocessSpec, prepare_faces
 from .runtime import METADATA_FORMAT, parse_metadata, resolve_model_path
@@ -124,31 +125,6 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
         entry = proto.metadata_props.add()
         entry.key = f"ferkit_{k}"
         entry.value = json.dumps(v, sort_keys=True)
-
-
-def _check_compatible(members: list[Member]) -> None:
-    from .data.splits import training_data_mismatch
-
-    first = members[0]
-    first_data = (first.meta.get("provenance") or {}).get("data")
-    if not isinstance(first_data, dict):
-        raise FerkitError(f"{first.source} has no record of its training data in its metadata, so it cannot be "
-                          "checked that the members share one split")
-    for m in members[1:]:
-        if m.meta["labels"] != first.meta["labels"]:
-            raise FerkitError(f"ensemble member {m.source} predicts {m.meta['labels']}, "
-                              f"{first.source} {first.meta['labels']}")
-        if PreprocessSpec.from_dict(m.meta["preprocess"]) != PreprocessSpec.from_dict(first.meta["preprocess"]):
-            raise FerkitError(f"ensemble member {m.source} uses other preprocessing than {first.source}")
-        data = (m.meta.get("provenance") or {}).get("data")
-        if not isinstance(data, dict):
-            raise FerkitError(f"{m.source} has no record of its training data in its metadata")
-        key = training_data_mismatch(data, first_data)
-        if key is not None:
-            raise FerkitError(
-                f"ensemble member {m.source} was trained with {key} {data.get(key)!r}, {first.source} with "
-                f"{first_data.get(key)!r}: members must share the data file and split, or one member's training "
-                "images may be another's test images")
 
 
 def _opset(proto) -> int:
@@ -269,7 +245,8 @@ def combine_onnx(models: list, out_path: str | os.PathLike, *, weights: list[flo
         members.extend(_expand(source, proto, meta, float(w) / total))
     if len(members) < 2:
         raise FerkitError("an ensemble needs at least two member networks")
-    _check_compatible(members)
+    check_ensemble_members([(m.source, m.meta["labels"], m.meta["preprocess"],
+                             (m.meta.get("provenance") or {}).get("data")) for m in members])
     first = members[0]
     spec = PreprocessSpec.from_dict(first.meta["preprocess"])
     opset = max(_opset(m.proto) for m in members)

@@ -42,7 +42,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
-    import json
     import sys
 
     from ..errors import FerkitError
@@ -67,15 +66,11 @@ def run(args: argparse.Namespace) -> int:
         from ..onnx_ensemble import combine_onnx
 
         info = combine_onnx(args.run, args.out, weights=args.weights, tta=args.tta, half=args.half)
-        if args.json:
-            print(json.dumps(info))
-        else:
-            meta = info["metadata"]
-            print(f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): ensemble of {len(info['members'])} "
-                  f"({', '.join(m['arch'] for m in meta['arch_kwargs']['members'])}), weights "
-                  f"{', '.join(f'{w:.3f}' for w in info['weights'])}, {meta['provenance']['weights_dtype']}, "
-                  f"tta {meta['tta']}, max |file - members' mean| = {info['max_abs_diff']:.2e}")
-        return 0
+        meta = info["metadata"]
+        summary = (f"ensemble of {len(info['members'])} ({', '.join(m['arch'] for m in meta['arch_kwargs']['members'])}), "
+                   f"weights {', '.join(f'{w:.3f}' for w in info['weights'])}, {meta['provenance']['weights_dtype']}, "
+                   f"tta {meta['tta']}, max |file - members' mean| = {info['max_abs_diff']:.2e}")
+        return _report(info, summary, args.json)
     if args.half:
         raise FerkitError("--half is for combining exported .onnx models")
     from ..export import export_ensemble, export_onnx
@@ -88,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
             raise FerkitError("--weights is for an ensemble: give two or more runs")
         else:
             info = export_onnx(args.run[0], args.out, opset=args.opset, tta=args.tta, exporter=args.exporter)
-    if args.json:
-        print(json.dumps(info))
-    else:
-        meta = info["metadata"]
-        print(f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): {meta['arch']}, labels {', '.join(meta['labels'])}, "
-              f"input (N, 1, {meta['input_size']}, {meta['input_size']}), opset {info['opset']}, "
-              f"exporter {info['exporter']}, tta {meta['tta']}, max |onnx - torch| = {info['max_abs_diff']:.2e}")
+    meta = info["metadata"]
+    summary = (f"{meta['arch']}, labels {', '.join(meta['labels'])}, input (N, 1, {meta['input_size']}, "
+               f"{meta['input_size']}), opset {info['opset']}, exporter {info['exporter']}, tta {meta['tta']}, "
+               f"max |onnx - torch| = {info['max_abs_diff']:.2e}")
+    return _report(info, summary, args.json)
+
+
+def _report(info: dict, summary: str, as_json: bool) -> int:
+    import json
+
+    print(json.dumps(info) if as_json else f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): {summary}")
     return 0
 
 
