@@ -42,7 +42,8 @@ class LoadedModel:
     data_info: dict
 
 
-def _is_onnx_ref(model) -> bool:
+def is_onnx_ref(model) -> bool:
+    """An exported model: an .onnx path, an EmotionClassifier, or a bundled name that is not a local path."""
     if isinstance(model, EmotionClassifier):
         return True
     if isinstance(model, (str, os.PathLike)):
@@ -57,7 +58,7 @@ def _is_onnx_ref(model) -> bool:
 def load_model(model, *, threads: int | None = None) -> LoadedModel:
     """A run dir / checkpoint path / checkpoint dict (torch) or an .onnx path / bundled name /
     EmotionClassifier (onnxruntime) -> :class:`LoadedModel`."""
-    if _is_onnx_ref(model):
+    if is_onnx_ref(model):
         clf = model if isinstance(model, EmotionClassifier) else EmotionClassifier(model, threads=threads)
         prov = clf.metadata.get("provenance") or {}
         return LoadedModel(

@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from ..errors import FerkitError
+    from ..evaluate import is_onnx_ref
 
-    onnx_in = [_is_exported(r) for r in args.run]
+    onnx_in = [is_onnx_ref(r) for r in args.run]
     if args.split is not None:
         if len(args.run) != 1 or not onnx_in[0] or args.out or args.half or args.weights or args.tta:
             raise FerkitError("--split takes one ensemble .onnx (or bundled name) and no other option")
@@ -96,13 +97,3 @@ def _report(info: dict, summary: str, as_json: bool) -> int:
     print(json.dumps(info) if as_json else f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): {summary}")
     return 0
 
-
-def _is_exported(arg: str) -> bool:
-    """An exported model: an .onnx path or the name of a bundled model (not a run directory)."""
-    import os
-
-    from ..runtime import bundled_models
-
-    if arg.endswith(".onnx"):
-        return True
-    return not os.path.exists(arg) and arg in bundled_models()

@@ -92,11 +92,11 @@ def _model_file_info(model: str) -> dict[str, Any]:
     import hashlib
 
     from ..checkpoint import resolve_checkpoint
-    from ..evaluate import _is_onnx_ref
+    from ..evaluate import is_onnx_ref
     from ..runtime import resolve_model_path
 
     try:
-        path = resolve_model_path(model) if _is_onnx_ref(model) else resolve_checkpoint(model)
+        path = resolve_model_path(model) if is_onnx_ref(model) else resolve_checkpoint(model)
     except FerkitError:
         return {"name": str(model)}
     return {"name": str(model), "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
