@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,15 @@ from ferkit.metrics import accuracy  # noqa: E402
 def _probs(run: str, data: str, split: str, tta: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True)
     return r["probs"], r["y_true"]
+
+
+def export_hint(chosen: list[str], tta: str) -> str:
+    """The line that says how to get the chosen ensemble as one file (``export: ferkit export ...``)."""
+    if len(chosen) == 1 and chosen[0].endswith(".onnx"):
+        return f"export: nothing to combine; the choice is one exported network, use {chosen[0]} as it is"
+    tta_opt = f" --tta {tta}" if tta != "none" else ""
+    half = " --half" if all(c.endswith(".onnx") for c in chosen) else ""
+    return f"export: ferkit export {' '.join(shlex.quote(c) for c in chosen)} --out ensemble.onnx{tta_opt}{half}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([f"chosen ensemble ({len(chosen)} members)", f"{100 * ens_acc:.2f}%"])
         print_table(f"PrivateTest, after the choice (tta {args.tta}, {len(y_test)} images)", ["model", "PrivateTest"], rows)
         out["privatetest"] = {"candidates": test_acc, "chosen": ens_acc}
-    tta_opt = f" --tta {args.tta}" if args.tta != "none" else ""
-    print(f"\nexport: ferkit export {' '.join(chosen)} --out ensemble.onnx{tta_opt}")
+    print("\n" + export_hint(chosen, args.tta))
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

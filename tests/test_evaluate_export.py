@@ -661,6 +661,38 @@ def test_select_ensemble_script_chooses_on_publictest_and_reports_privatetest_af
         mod.main([str(run), str(run), "--data", str(csv)])
 
 
+def test_select_ensemble_over_exported_files_and_its_export_line(exported_pair, tiny_run, tmp_path,
+                                                                load_benchmark, capsys):
+    """The workflow without checkpoints: split an ensemble, choose among its networks and other .onnx files
+    on PublicTest, then run the export line the script prints: the file scores what the selection said."""
+    import shlex
+
+    from ferkit.onnx_ensemble import split_ensemble
+
+    a, b, ens = exported_pair
+    csv = str(tiny_run[0])
+    members = [str(p) for p in split_ensemble(ens, tmp_path / "m")]
+    mod = load_benchmark("select_ensemble")
+    assert mod.main([*members, str(a), "--data", csv, "--tta", "flip", "--json", str(tmp_path / "sel.json")]) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((tmp_path / "sel.json").read_text())
+    assert set(res["candidates_publictest"]) == {*members, str(a)}
+    # these tiny networks do not complement each other: one network is chosen, and nothing needs combining
+    assert len(res["chosen"]) == 1 and f"use {res['chosen'][0]} as it is" in printed
+    # a choice of several .onnx files: the printed line is a working command (float16, the selection's TTA)
+    line = mod.export_hint(members, "flip")
+    argv = shlex.split(line[len("export: ferkit "):])
+    assert argv[-1] == "--half" and argv[argv.index("--tta") + 1] == "flip"
+    argv[argv.index("--out") + 1] = str(tmp_path / "chosen.onnx")
+    assert cli_main(argv) == 0
+    got = evaluate(tmp_path / "chosen.onnx", csv, split="PublicTest", return_probs=True)
+    want = [evaluate(m, csv, split="PublicTest", tta="flip", return_probs=True) for m in members]
+    mean = sum(w["probs"] for w in want) / len(want)  # the line weighs the chosen files equally
+    assert got["tta"] == "flip"
+    np.testing.assert_allclose(got["probs"], mean, atol=2e-3)
+    assert mod.export_hint([str(tiny_run[1])], "none") == f"export: ferkit export {tiny_run[1]} --out ensemble.onnx"
+
+
 def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp_path):
     from ferkit.export import export_ensemble
     from ferkit.modelcard import write_model_card
