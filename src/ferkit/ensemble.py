@@ -51,3 +51,15 @@ def greedy_select(probs: dict[str, np.ndarray], y_true, *, max_members: int | No
         total += probs[pick]
         steps.append({"members": list(chosen), "accuracy": trial[pick], "added": pick})
     return steps
+
+
+def normalized_weights(weights, n: int) -> list[float]:
+    """One positive weight per member (None: equal) -> weights that sum to 1; anything else is an error."""
+    if weights is None:
+        weights = [1.0] * n
+    if len(weights) != n:
+        raise FerkitError(f"{len(weights)} weights for {n} ensemble members")
+    if any(not (float(w) > 0) for w in weights):
+        raise FerkitError(f"ensemble weights must be positive, got {list(weights)}")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]

@@ -187,6 +187,25 @@ def _umask() -> int:
     return mask
 
 
+def onnx_opset(proto, default: int = 0) -> int:
+    """The default-domain opset an ONNX model imports (``default`` if none)."""
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=default)
+
+
+def set_ferkit_metadata(proto, meta: dict[str, Any]) -> None:
+    """Replace ``proto``'s metadata_props by ``ferkit_<key>`` = JSON of each value (read by the runtime)."""
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key = f"ferkit_{k}"
+        entry.value = json.dumps(v, sort_keys=True)
+
+
+def give_file_mode(path) -> None:
+    """mkstemp makes a file private (0600); give it a normal file's mode (0666 less the umask)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def _check_export_args(out_path, opset: int, exporter: str) -> Path:
     if exporter not in EXPORTERS:
         raise FerkitError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
@@ -270,7 +289,7 @@ def _write_verified(model, spec: PreprocessSpec, out_path: Path, meta: dict[str,
     try:
         used = _export_graph(model, example, tmp, opset, exporter)
         proto = onnx.load(str(tmp))
-        actual_opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+        actual_opset = onnx_opset(proto, default=opset)
         meta["provenance"].update({
             "torch_version": torch.__version__,
             "exporter": used,
@@ -282,16 +301,12 @@ def _write_verified(model, spec: PreprocessSpec, out_path: Path, meta: dict[str,
             if k in meta:
                 raise FerkitError(f"extra metadata key {k!r} would overwrite ferkit's own")
             meta[k] = _jsonable(v)
-        del proto.metadata_props[:]
-        for k, v in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key = f"ferkit_{k}"
-            entry.value = json.dumps(v, sort_keys=True)
+        set_ferkit_metadata(proto, meta)
         proto.doc_string = doc
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         diff = verify_onnx(model, tmp, spec, atol=atol)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it a normal file's mode
+        give_file_mode(tmp)
         os.replace(tmp, out_path)
     finally:
         if tmp.exists():

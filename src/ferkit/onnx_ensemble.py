@@ -22,7 +22,6 @@ file is left behind.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from .errors import FerkitError
-from .export import check_ensemble_members
+from .ensemble import normalized_weights
+from .export import check_ensemble_members, give_file_mode, onnx_opset, set_ferkit_metadata
 from .metrics import softmax
 from .preprocess import PreprocessSpec, prepare_faces
 from .runtime import METADATA_FORMAT, parse_metadata, resolve_model_path
@@ -102,7 +102,7 @@ def _extract(proto, logits: str, meta: dict[str, Any], index: int, source: str) 
     prov.setdefault("source", f"{source}#{index}")
     sub_meta = {**meta, "arch": info.get("arch"), "arch_kwargs": info.get("arch_kwargs") or {}, "tta": "none",
                 "provenance": prov}
-    _set_metadata(sub, sub_meta)
+    set_ferkit_metadata(sub, sub_meta)
     onnx.checker.check_model(sub)
     return sub, sub_meta
 
@@ -114,21 +114,9 @@ def _expand(source: str, proto, meta: dict[str, Any], weight: float) -> list[Mem
     out = []
     for i, logits in enumerate(_member_logits(proto, meta, source)):
         sub, sub_meta = _extract(proto, logits, meta, i, source)
-        out.append(Member(sub_meta["provenance"].get("source", f"{source}#{i}"), sub, sub_meta,
+        out.append(Member(sub_meta["provenance"]["source"], sub, sub_meta,
                           weight * float(members[i].get("weight", 1.0 / len(members)))))
     return out
-
-
-def _set_metadata(proto, meta: dict[str, Any]) -> None:
-    del proto.metadata_props[:]
-    for k, v in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key = f"ferkit_{k}"
-        entry.value = json.dumps(v, sort_keys=True)
-
-
-def _opset(proto) -> int:
-    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def half_weights(proto, min_elements: int = HALF_MIN_ELEMENTS) -> int:
@@ -164,7 +152,8 @@ def half_weights(proto, min_elements: int = HALF_MIN_ELEMENTS) -> int:
     return len(casts)
 
 
-def _logits(proto_or_path, faces: np.ndarray) -> np.ndarray:
+def _session(proto_or_path):
+    """An onnxruntime session (one thread) on a ModelProto or a file; ``run(x)`` gives the logits."""
     import onnxruntime as ort
 
     data = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
@@ -172,7 +161,8 @@ def _logits(proto_or_path, faces: np.ndarray) -> np.ndarray:
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: faces})[0]
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
 
 
 def _probe_faces(spec: PreprocessSpec) -> list[np.ndarray]:
@@ -180,12 +170,15 @@ def _probe_faces(spec: PreprocessSpec) -> list[np.ndarray]:
     return [prepare_faces(rng.integers(0, 256, (n, spec.size, spec.size), dtype=np.uint8), spec) for n in (1, 37)]
 
 
-def _verify(path, members: list[Member], weights: list[float], spec: PreprocessSpec, atol: float) -> float:
-    """Largest |p_file - sum_i w_i p_i| over the probe faces; above ``atol`` is an error."""
+def _verify(whole, members: list[Member], spec: PreprocessSpec, atol: float) -> float:
+    """Largest |p_whole - sum_i w_i p_i| over the probe faces (``whole``: a file or a ModelProto);
+    above ``atol`` is an error."""
+    runs = [(m.weight, _session(m.proto)) for m in members]
+    run_whole = _session(whole)
     diff = 0.0
     for x in _probe_faces(spec):
-        want = sum(w * softmax(_logits(m.proto, x)) for m, w in zip(members, weights))
-        got = softmax(_logits(path, x))
+        want = sum(w * softmax(run(x)) for w, run in runs)
+        got = softmax(run_whole(x))
         diff = max(diff, float(np.abs(got - want).max()))
     if not diff <= atol:
         raise FerkitError(f"the ensemble's probabilities differ from the mean of its members' by {diff:.2e} "
@@ -200,9 +193,7 @@ def _write(proto, out_path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".onnx", prefix=out_path.stem + ".", dir=out_path.parent)
     os.close(fd)
     onnx.save(proto, tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    give_file_mode(tmp)
     return Path(tmp)
 
 
@@ -232,24 +223,18 @@ def combine_onnx(models: list, out_path: str | os.PathLike, *, weights: list[flo
     from . import __version__
 
     out = _out_path(out_path)
-    if weights is None:
-        weights = [1.0] * len(models)
-    if len(weights) != len(models):
-        raise FerkitError(f"{len(weights)} weights for {len(models)} models")
-    if any(not (float(w) > 0) for w in weights):
-        raise FerkitError(f"ensemble weights must be positive, got {list(weights)}")
+    weights = normalized_weights(weights, len(models))
     loaded = [_load(m) for m in models]
-    total = float(sum(weights))
     members: list[Member] = []
     for (source, proto, meta), w in zip(loaded, weights):
-        members.extend(_expand(source, proto, meta, float(w) / total))
+        members.extend(_expand(source, proto, meta, w))
     if len(members) < 2:
         raise FerkitError("an ensemble needs at least two member networks")
     check_ensemble_members([(m.source, m.meta["labels"], m.meta["preprocess"],
                              (m.meta.get("provenance") or {}).get("data")) for m in members])
     first = members[0]
     spec = PreprocessSpec.from_dict(first.meta["preprocess"])
-    opset = max(_opset(m.proto) for m in members)
+    opset = max(onnx_opset(m.proto) for m in members)
     if opset < 13:
         raise FerkitError(f"members use ONNX opset {opset}; combining needs 13 or later (re-export them)")
 
@@ -313,14 +298,14 @@ def combine_onnx(models: list, out_path: str | os.PathLike, *, weights: list[flo
             "export_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-    _set_metadata(proto, meta)
+    set_ferkit_metadata(proto, meta)
     proto.doc_string = (f"ferkit ensemble of {len(members)} emotion classifiers "
                         f"({', '.join(str(m.meta.get('arch')) for m in members)}; {', '.join(meta['labels'])}); "
                         f"input (N,1,{spec.size},{spec.size})")
     onnx.checker.check_model(proto)
     tmp = _write(proto, out)
     try:
-        diff = _verify(tmp, members, [m.weight for m in members], spec, half_atol if half else atol)
+        diff = _verify(tmp, members, spec, half_atol if half else atol)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -339,10 +324,7 @@ def split_ensemble(model, out_dir: str | os.PathLike, *, atol: float = 1e-5) -> 
         raise FerkitError(f"{source} is a single network ({meta.get('arch')}), not an ensemble")
     members = _expand(source, proto, meta, 1.0)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    with tempfile.TemporaryDirectory() as d:
-        whole = Path(d) / "whole.onnx"
-        _onnx().save(proto, str(whole))
-        _verify(whole, members, [m.weight for m in members], spec, atol)
+    _verify(proto, members, spec, atol)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FerkitError(f"{out} exists and is not a directory")

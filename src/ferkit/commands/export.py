@@ -96,4 +96,3 @@ def _report(info: dict, summary: str, as_json: bool) -> int:
 
     print(json.dumps(info) if as_json else f"wrote {info['path']} ({info['bytes'] / 1e6:.2f} MB): {summary}")
     return 0
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ensemble import normalized_weights
 from ..errors import FerkitError
 
 
@@ -18,15 +19,8 @@ class EnsembleNet(nn.Module):
         super().__init__()
         if not members:
             raise FerkitError("an ensemble needs at least one member")
-        if weights is None:
-            weights = [1.0] * len(members)
-        if len(weights) != len(members):
-            raise FerkitError(f"{len(weights)} weights for {len(members)} ensemble members")
-        if any(not (w > 0) for w in weights):
-            raise FerkitError(f"ensemble weights must be positive, got {list(weights)}")
-        total = float(sum(weights))
         self.members = nn.ModuleList(members)
-        self.weights = [float(w) / total for w in weights]
+        self.weights = normalized_weights(weights, len(members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = None
