@@ -484,12 +484,17 @@ def test_combine_onnx_is_the_weighted_mean_and_opens_nested_ensembles(exported_p
     pb = EmotionClassifier(b).predict_proba(faces, tta="none")
     assert not np.allclose(pa, pb, atol=1e-3)
     np.testing.assert_allclose(clf.predict_proba(faces, tta="none"), 0.5 * pa + 0.5 * pb, atol=1e-5)
-    # the graph has one Softmax per member network, so the result can be split and combined again
+    # the graph has one Softmax per member network, so the result can be split again (into a, b, a)
     assert sum(n.op_type == "Softmax" for n in onnx.load(str(tmp_path / "c.onnx")).graph.node) == 3
+    from ferkit.onnx_ensemble import split_ensemble
+    parts = split_ensemble(tmp_path / "c.onnx", tmp_path / "parts")
+    for part, original in zip(parts, (a, b, a)):
+        np.testing.assert_allclose(EmotionClassifier(part).predict_proba(faces, tta="none"),
+                                   EmotionClassifier(original).predict_proba(faces, tta="none"), atol=1e-5)
 
 
 def test_combine_onnx_half_stores_float16_weights_with_the_same_predictions(exported_pair, tmp_path):
-    from ferkit.onnx_ensemble import combine_onnx
+    from ferkit.onnx_ensemble import combine_onnx, split_ensemble
 
     a, b, _ = exported_pair
     full = combine_onnx([a, b], tmp_path / "full.onnx")
@@ -500,6 +505,9 @@ def test_combine_onnx_half_stores_float16_weights_with_the_same_predictions(expo
     assert dtypes == {onnx.TensorProto.FLOAT16}
     assert sum(n.op_type == "Cast" for n in proto.graph.node) == half["half_tensors"] > 0
     assert EmotionClassifier(tmp_path / "half.onnx").metadata["provenance"]["weights_dtype"] == "float16"
+    # a float16 file splits too, and its networks give the float16 file's probabilities back
+    halves = split_ensemble(tmp_path / "half.onnx", tmp_path / "half_parts")
+    assert len(halves) == 2
     faces = np.random.default_rng(6).integers(0, 256, (64, 48, 48), dtype=np.uint8)
     p_full = EmotionClassifier(tmp_path / "full.onnx").predict_proba(faces, tta="none")
     p_half = EmotionClassifier(tmp_path / "half.onnx").predict_proba(faces, tta="none")

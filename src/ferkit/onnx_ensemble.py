@@ -87,6 +87,8 @@ def _extract(proto, logits: str, meta: dict[str, Any], index: int, source: str) 
     onnx = _onnx()
     from onnx.utils import Extractor
 
+    if logits not in {v.name for v in proto.graph.value_info}:  # the extractor needs the tensor's type
+        proto = onnx.shape_inference.infer_shapes(proto)
     sub = Extractor(proto).extract_model([proto.graph.input[0].name], [logits])
     for node in sub.graph.node:
         for k, name in enumerate(node.output):
@@ -252,6 +254,7 @@ def combine_onnx(models: list, out_path: str | os.PathLike, *, weights: list[flo
         inits.extend(p.graph.initializer)
         functions.extend(p.functions)
         value_info.extend(p.graph.value_info)
+        value_info.append(p.graph.output[0])  # the member's logits keep their type, so the file can be split again
         w_name = f"m{i}/ensemble_weight"
         inits.append(numpy_helper.from_array(np.array(m.weight, np.float32), w_name))
         nodes.append(helper.make_node("Softmax", [p.graph.output[0].name], [f"m{i}/prob"], axis=1,
