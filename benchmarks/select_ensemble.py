@@ -35,8 +35,10 @@ from ferkit.evaluate import evaluate  # noqa: E402
 from ferkit.metrics import accuracy  # noqa: E402
 
 
-def _probs(run: str, data: str, split: str, tta: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True)
+def _probs(run: str, data: str, split: str, tta: str, limit: int | None,
+           ferplus: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    kw = {"ferplus": ferplus} if ferplus else {}
+    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True, **kw)
     return r["probs"], r["y_true"]
 
 
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="candidate run directories, checkpoints or exported .onnx files (same data and split)")
     ap.add_argument("--data", required=True, help="fer2013.csv(.gz)")
+    ap.add_argument("--ferplus", help="FER+ labels (fer2013new.csv) for 8-class FER+ models; default: the path "
+                    "each model recorded at training time")
     ap.add_argument("--tta", choices=("none", "flip", "tencrop"), default="none", help="test-time augmentation")
     ap.add_argument("--max-members", type=int, default=None, help="stop at this many members")
     ap.add_argument("--test", action="store_true", help="after choosing, report PrivateTest accuracy")
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         val, y_val = {}, None
         for run in args.runs:
-            val[run], y = _probs(run, args.data, "PublicTest", args.tta, args.limit)
+            val[run], y = _probs(run, args.data, "PublicTest", args.tta, args.limit, args.ferplus)
             if y_val is not None and not np.array_equal(y, y_val):
                 raise FerkitError(f"{run} was evaluated on other PublicTest labels than {args.runs[0]}")
             y_val = y
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.test:
         test, y_test = {}, None
         for run in args.runs:
-            test[run], y_test = _probs(run, args.data, "PrivateTest", args.tta, args.limit)
+            test[run], y_test = _probs(run, args.data, "PrivateTest", args.tta, args.limit, args.ferplus)
         mean = sum(test[r] for r in chosen) / len(chosen)
         test_acc = {run: accuracy(y_test, p.argmax(1)) for run, p in test.items()}
         ens_acc = accuracy(y_test, mean.argmax(1))

@@ -701,6 +701,35 @@ def test_select_ensemble_over_exported_files_and_its_export_line(exported_pair, 
     assert mod.export_hint([str(tiny_run[1])], "none") == f"export: ferkit export {tiny_run[1]} --out ensemble.onnx"
 
 
+def test_select_ensemble_scores_ferplus_models_with_the_given_votes_file(tiny_run, tmp_path, load_benchmark, capsys):
+    """An exported 8-class FER+ model whose recorded fer2013new.csv has moved: the script says what is missing,
+    and with --ferplus it scores PublicTest against that file's majority votes."""
+    from ferkit.train import TrainConfig, train
+
+    csv = tiny_run[0]
+
+    def votes_for(i, label):
+        votes = [0] * 10
+        votes[FER_TO_FERPLUS_COLUMN[label] if i % 4 else 7] = 8  # every 4th image: contempt
+        return votes
+
+    fp = write_ferplus_csv(csv, tmp_path / "fer2013new.csv", votes_for)
+    run = train(TrainConfig(data=str(csv), ferplus=str(fp), ferplus_mode="soft", label_set="ferplus8",
+                            out=str(tmp_path / "run"), arch="_test_tiny_bn", epochs=1, augment="none",
+                            progress=False, threads=1))
+    onnx_path = tmp_path / "fp8.onnx"
+    export_onnx(run, onnx_path)
+    moved = fp.rename(tmp_path / "moved.csv")
+    mod = load_benchmark("select_ensemble")
+    with pytest.raises(SystemExit, match="needs FER\\+ votes"):
+        mod.main([str(onnx_path), "--data", str(csv)])
+    assert mod.main([str(onnx_path), "--data", str(csv), "--ferplus", str(moved), "--json", str(tmp_path / "s.json")]) == 0
+    res = json.loads((tmp_path / "s.json").read_text())
+    want = evaluate(onnx_path, str(csv), split="PublicTest", tta="none", ferplus=str(moved))
+    assert want["labels"][7] == "contempt" and want["true_counts"]["contempt"] > 0  # scored on the FER+ labels
+    assert res["candidates_publictest"][str(onnx_path)] == pytest.approx(want["accuracy"])
+
+
 def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp_path):
     from ferkit.export import export_ensemble
     from ferkit.modelcard import write_model_card
