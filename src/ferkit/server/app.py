@@ -32,8 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..errors import FerkitError
 from .analysis import ServerAnalyzer, load_analyzer
-from .fetch import FetchError, UrlFetcher
-from .imaging import ImageError, decode_image, encode_png, extension_for, face_thumbnail, fit_within
+from .errors import ApiError
+from .fetch import UrlFetcher
+from .imaging import decode_image, encode_png, extension_for, face_thumbnail, fit_within
 from .schemas import (AnalysisOut, AnalyzeUrlRequest, ErrorOut, FaceOut, HealthOut, ResultsPage,
                       ResultSummary)
 from .settings import ServerSettings
@@ -52,16 +53,6 @@ PAGE_CSP = (
     "connect-src 'self'; script-src 'self'; style-src 'self'; font-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
-
-
-class ApiError(Exception):
-    """An error answer: HTTP ``status``, short ``code``, and a ``message`` that says what to do."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 _STATUS_CODES = {
@@ -257,10 +248,7 @@ class ServerState:
         if self.analyzer is None:
             raise ApiError(503, "model_not_ready", self.analyzer_error or "the model is still loading; retry shortly")
         t0 = time.perf_counter()
-        try:
-            decoded = decode_image(data, max_pixels=self.settings.max_pixels)
-        except ImageError as e:
-            raise ApiError(e.status, e.code, e.message) from None
+        decoded = decode_image(data, max_pixels=self.settings.max_pixels)  # ImageError is an ApiError
         try:
             faces = self.analyzer.analyze(decoded.bgr)
         except FerkitError as e:
@@ -478,10 +466,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
             except ValidationError as e:
                 msg = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
                 raise ApiError(422, "invalid_request", f'expected JSON {{"url": "https://..."}}: {msg}') from None
-            try:
-                fetched = await run_in_threadpool(state.fetcher.fetch, req.url.strip())
-            except FetchError as e:
-                raise ApiError(e.status, e.code, e.message) from None
+            fetched = await run_in_threadpool(state.fetcher.fetch, req.url.strip())  # FetchError is an ApiError
             data, name, source = fetched.data, req.url.strip()[:2000], "url"
         elif media.startswith("image/") or media == "application/octet-stream":
             data = await read_limited_body(request, limit, _too_large(limit))

@@ -29,20 +29,16 @@ from urllib.parse import urljoin
 
 import httpx
 
+from .errors import ApiError
+
 Resolver = Callable[[str, int], list[str]]
 
 USER_AGENT = "ferkit-server (image fetcher; +https://pypi.org/project/ferkit/)"
 _GENERIC_BINARY_TYPES = ("application/octet-stream", "binary/octet-stream", "application/binary")
 
 
-class FetchError(Exception):
+class FetchError(ApiError):
     """A refused or failed fetch; ``status`` is the HTTP status to answer, ``code`` a short name."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .errors import ApiError
+
 try:  # Pillow parses headers lazily (size known before any pixel is decoded) and reports truncation
     from PIL import Image, ImageOps, UnidentifiedImageError
 except ImportError:  # pragma: no cover - Pillow is part of the serve extra
@@ -32,14 +34,8 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 
 
-class ImageError(Exception):
+class ImageError(ApiError):
     """An image the server refuses; ``status`` is the HTTP status, ``code`` a short machine-readable name."""
-
-    def __init__(self, status: int, code: str, message: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass
