@@ -756,6 +756,12 @@ def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp
 
     assert _shown(str(ASSETS_DIR / "default.onnx")) == "default"  # the card's command names a bundled model
     assert _shown(str(onnx_path)) == str(onnx_path)
+    # a member's recipe says whether it kept a weight average, and its seed (members differ by seed)
+    from ferkit.modelcard import _recipe_line
+
+    cfg = {"optimizer": "sgd", "lr": 0.1, "epochs": 100, "label_smoothing": 0.1, "seed": 1, "recipe": "cpu-fast"}
+    assert "weight average (EMA) 0.999, seed 1," in _recipe_line({**cfg, "ema": 0.999})
+    assert "weight average" not in _recipe_line({**cfg, "ema": None}) and "seed 1," in _recipe_line(cfg)
 
 
 # -- real data ----------------------------------------------------------------------------------------

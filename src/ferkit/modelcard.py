@@ -52,7 +52,7 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
         "",
         f"- Optimiser {cfg.get('optimizer')} lr {cfg.get('lr')} momentum {cfg.get('momentum')} nesterov {cfg.get('nesterov')} "
         f"weight decay {cfg.get('weight_decay')}, batch {cfg.get('batch_size')}, schedule {cfg.get('schedule')} "
-        f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, "
+        f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}{_ema_text(cfg)}, "
         f"precision {cfg.get('precision')}, channels-last {cfg.get('channels_last')}, seed {cfg.get('seed')}.",
         f"- Augmentation: {json.dumps(cfg.get('augment'))}.",
         f"- Training wall time: {prov.get('train_time_s')} s (sum of epoch times; hardware of the training run: "
@@ -61,9 +61,14 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
     ]
 
 
+def _ema_text(cfg: dict) -> str:
+    return f", weight average (EMA) {cfg['ema']}" if cfg.get("ema") else ""
+
+
 def _recipe_line(cfg: dict) -> str:
     return (f"{cfg.get('optimizer')} lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, {cfg.get('schedule')}, "
-            f"{cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}, recipe {cfg.get('recipe')}")
+            f"{cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}{_ema_text(cfg)}, "
+            f"seed {cfg.get('seed')}, recipe {cfg.get('recipe')}")
 
 
 def _ensemble_sections(meta: dict, prov: dict, notes: str | None) -> list[str]:
