@@ -64,7 +64,7 @@ ROWS = [
     Row("2-hour CPU recipe (`--recipe cpu-2h`)", "fastres_s",
         "cpu-fast, 160 epochs, exponential moving average of the weights (`--ema 0.999`), 102 min",
         "--recipe cpu-2h --out runs/ema_fastres_s_e160", "- (issue 4: >= 70% within 2 hours)"),
-    Row("FER+ 8 classes (`--model ferplus`)", "fastres", "cpu-fast, FER+ soft targets, ferplus8, 50 epochs",
+    Row("FER+ 8 classes (`--model ferplus` until 2026-12-01)", "fastres", "cpu-fast, FER+ soft targets, ferplus8, 50 epochs",
         f"--recipe cpu-fast --arch fastres --ferplus {FERPLUS_ARG} --ferplus-mode soft --label-set ferplus8 "
         "--epochs 50 --out runs/ferplus_fastres_e50", "- (issue 4 aims at 89%)"),
     Row("FER+ 8 classes, 100 epochs + weight average (candidate)", "fastres",
