@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="candidate run directories, checkpoints or exported .onnx files (same data and split)")
     ap.add_argument("--data", required=True, help="fer2013.csv(.gz)")
-    ap.add_argument("--ferplus", help="FER+ labels (fer2013new.csv) for 8-class FER+ models; default: the path "
-                    "each model recorded at training time")
+    ap.add_argument("--ferplus", help="FER+ labels (fer2013new.csv): the votes of 8-class FER+ models (default: the path "
+                    "each recorded at training time); 7-class models are then scored against the FER+ majority "
+                    "instead of FER2013's labels, as `ferkit evaluate --ferplus` does")
     ap.add_argument("--tta", choices=("none", "flip", "tencrop"), default="none", help="test-time augmentation")
     ap.add_argument("--max-members", type=int, default=None, help="stop at this many members")
     ap.add_argument("--test", action="store_true", help="after choosing, report PrivateTest accuracy")
