@@ -37,8 +37,7 @@ from ferkit.metrics import accuracy  # noqa: E402
 
 def _probs(run: str, data: str, split: str, tta: str, limit: int | None,
            ferplus: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    kw = {"ferplus": ferplus} if ferplus else {}
-    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True, **kw)
+    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True, ferplus=ferplus)
     return r["probs"], r["y_true"]
 
 

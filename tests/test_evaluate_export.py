@@ -701,7 +701,7 @@ def test_select_ensemble_over_exported_files_and_its_export_line(exported_pair, 
     assert mod.export_hint([str(tiny_run[1])], "none") == f"export: ferkit export {tiny_run[1]} --out ensemble.onnx"
 
 
-def test_select_ensemble_scores_ferplus_models_with_the_given_votes_file(tiny_run, tmp_path, load_benchmark, capsys):
+def test_select_ensemble_scores_ferplus_models_with_the_given_votes_file(tiny_run, tmp_path, load_benchmark):
     """An exported 8-class FER+ model whose recorded fer2013new.csv has moved: the script says what is missing,
     and with --ferplus it scores PublicTest against that file's majority votes."""
     from ferkit.train import TrainConfig, train
