@@ -36,8 +36,9 @@ from ferkit.metrics import accuracy  # noqa: E402
 
 
 def _probs(run: str, data: str, split: str, tta: str, limit: int | None,
-           ferplus: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True, ferplus=ferplus)
+           ferplus: str | None = None, protocol: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    r = evaluate(run, data, split=split, tta=tta, limit=limit, return_probs=True, ferplus=ferplus,
+                 ferplus_protocol=protocol)
     return r["probs"], r["y_true"]
 
 
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ferplus", help="FER+ labels (fer2013new.csv): the votes of 8-class FER+ models (default: the path "
                     "each recorded at training time); 7-class models are then scored against the FER+ majority "
                     "instead of FER2013's labels, as `ferkit evaluate --ferplus` does")
+    ap.add_argument("--ferplus-protocol", choices=("plurality", "reference"), default=None,
+                    help="which images FER+ labels (as `ferkit evaluate --ferplus-protocol`; needs --ferplus)")
     ap.add_argument("--tta", choices=("none", "flip", "tencrop"), default="none", help="test-time augmentation")
     ap.add_argument("--max-members", type=int, default=None, help="stop at this many members")
     ap.add_argument("--test", action="store_true", help="after choosing, report PrivateTest accuracy")
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         val, y_val = {}, None
         for run in args.runs:
-            val[run], y = _probs(run, args.data, "PublicTest", args.tta, args.limit, args.ferplus)
+            val[run], y = _probs(run, args.data, "PublicTest", args.tta, args.limit, args.ferplus,
+                                 args.ferplus_protocol)
             if y_val is not None and not np.array_equal(y, y_val):
                 raise FerkitError(f"{run} was evaluated on other PublicTest labels than {args.runs[0]}")
             y_val = y
@@ -86,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.test:
         test, y_test = {}, None
         for run in args.runs:
-            test[run], y_test = _probs(run, args.data, "PrivateTest", args.tta, args.limit, args.ferplus)
+            test[run], y_test = _probs(run, args.data, "PrivateTest", args.tta, args.limit, args.ferplus,
+                                       args.ferplus_protocol)
         mean = sum(test[r] for r in chosen) / len(chosen)
         test_acc = {run: accuracy(y_test, p.argmax(1)) for run, p in test.items()}
         ens_acc = accuracy(y_test, mean.argmax(1))

@@ -435,6 +435,32 @@ def test_ferplus_majority_rule_and_drop_reasons(tmp_path):
     assert l6[7] == 0  # angry (merged with disgust)
 
 
+def test_ferplus_reference_protocol_removes_single_votes_and_needs_a_majority(tmp_path):
+    """The FER+ authors' rule: counts of 1 vote are dropped, then one candidate needs more than half of the rest."""
+    csv, fp_path = make_ferplus_pair(tmp_path)
+    fp = load_ferplus(fp_path)
+    labels, soft, reason = ferplus_targets(fp.votes, "ferplus8", dropped=fp.dropped_by_ferplus, protocol="reference")
+    assert labels.tolist() == [1, 0, -1, -1, -1, -1, -1, -1, 6, -1]
+    # contempt (5 of 10) and anger+disgust (3 of 10) had a plurality but no majority; unknown keeps its reason
+    assert [DROP_REASONS[r] for r in reason] == ["kept", "kept", "no_majority", "unknown", "not_face", "no_image",
+                                                  "no_majority", "no_majority", "kept", "no_majority"]
+    assert np.allclose(soft[0], np.eye(8)[1])  # the two single votes are gone from the target
+    assert np.allclose(soft[1], np.eye(8)[0])  # 6 neutral, 2 unknown: the class votes are all neutral
+    assert np.allclose(soft[8], [0, 0, 1 / 3, 0, 0, 0, 2 / 3, 0])
+    # single votes removed before counting: 3 of 3 remaining votes is a majority (plurality: 3 of 10 also wins)
+    spread = np.array([[3, 1, 1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]])
+    lab, sft, why = ferplus_targets(spread, "ferplus8", protocol="reference")
+    assert lab.tolist() == [0, -1] and np.allclose(sft[0], np.eye(8)[0])
+    assert [DROP_REASONS[r] for r in why] == ["kept", "no_votes"]
+    assert ferplus_targets(spread, "ferplus8")[0].tolist() == [0, -1]
+    with pytest.raises(FerkitError, match="unknown FER\\+ protocol 'strict'"):
+        ferplus_targets(spread, "ferplus8", protocol="strict")
+    ref = prepare_splits(str(csv), label_set="ferplus8", ferplus=str(fp_path), ferplus_protocol="reference",
+                         ferplus_mode="soft")
+    assert ref.train.rows.tolist() == [0, 1] and ref.val.rows.tolist() == [] and ref.test.rows.tolist() == [8]
+    assert ref.info["ferplus"]["protocol"] == "reference" and ref.info["ferplus"]["reasons"]["no_majority"] == 4
+
+
 def test_prepare_splits_with_ferplus_majority_and_soft(tmp_path):
     csv, fp = make_ferplus_pair(tmp_path)
     maj = prepare_splits(str(csv), label_set="ferplus8", ferplus=str(fp))

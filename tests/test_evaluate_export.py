@@ -730,6 +730,52 @@ def test_select_ensemble_scores_ferplus_models_with_the_given_votes_file(tiny_ru
     assert res["candidates_publictest"][str(onnx_path)] == pytest.approx(want["accuracy"])
 
 
+def test_ferplus_reference_protocol_in_train_evaluate_and_card(tiny_run, tmp_path, capfd):
+    """--ferplus-protocol reference: training, evaluation and the model card use the FER+ authors' rule, which
+    leaves out the images without a majority (here every third one: 4 votes against 3 + 3)."""
+    from ferkit.checkpoint import load_checkpoint
+    from ferkit.modelcard import write_model_card
+    from ferkit.train import TrainConfig, train
+
+    csv, _, fer7_onnx, _ = tiny_run
+
+    def votes_for(i, label):
+        votes = [0] * 10
+        col = FER_TO_FERPLUS_COLUMN[label]
+        if i % 3:
+            votes[col] = 8
+        else:  # a plurality, no majority
+            votes[col], votes[(col + 1) % 8], votes[(col + 2) % 8] = 4, 3, 3
+        return votes
+
+    fp = write_ferplus_csv(csv, tmp_path / "fer2013new.csv", votes_for)
+    run = train(TrainConfig(data=str(csv), ferplus=str(fp), ferplus_mode="soft", label_set="ferplus8",
+                            ferplus_protocol="reference", out=str(tmp_path / "run"), arch="_test_tiny_bn", epochs=1,
+                            augment="none", progress=False, threads=1))
+    assert load_checkpoint(run / "best.pt")["config"]["ferplus_protocol"] == "reference"
+    onnx_path = tmp_path / "ref.onnx"
+    export_onnx(run, onnx_path)
+    plural = evaluate(onnx_path, str(csv), split="PublicTest", tta="none", return_probs=True)
+    ref = evaluate(onnx_path, str(csv), split="PublicTest", tta="none", ferplus_protocol="reference",
+                   return_probs=True)
+    public = [i for i, row in enumerate(csv.read_text().splitlines()[1:]) if row.endswith("PublicTest")]
+    keep = np.array([i % 3 != 0 for i in public])
+    assert plural["n"] == len(public) and ref["n"] == keep.sum() < len(public)
+    assert plural["ferplus"]["protocol"] == "plurality" and ref["ferplus"]["protocol"] == "reference"
+    np.testing.assert_allclose(ref["probs"], plural["probs"][keep], atol=1e-6)
+    np.testing.assert_array_equal(ref["y_true"], plural["y_true"][keep])  # the same labels where both keep
+    rc = cli_main(["evaluate", str(onnx_path), "--data", str(csv), "--split", "PublicTest", "--no-tta",
+                   "--ferplus-protocol", "reference"])
+    out = capfd.readouterr().out
+    assert rc == 0 and "FER+ votes, reference protocol" in out and f"n={ref['n']} " in out
+    rc = cli_main(["evaluate", str(fer7_onnx), "--data", str(csv), "--ferplus-protocol", "reference"])
+    assert rc == 2 and "a FER+ protocol applies to FER+ labels" in capfd.readouterr().err
+    card = write_model_card(onnx_path, csv, tmp_path / "card").read_text()
+    assert "soft targets, reference protocol" in card and "FER+ authors' protocol" in card
+    test_ref = evaluate(onnx_path, str(csv), split="PrivateTest", ferplus_protocol="reference")
+    assert f"| PrivateTest | {test_ref['n']} | {100 * test_ref['accuracy']:.2f}% |" in card
+
+
 def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp_path):
     from ferkit.export import export_ensemble
     from ferkit.modelcard import write_model_card

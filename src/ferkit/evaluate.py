@@ -116,6 +116,9 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         recorded = (lm.data_info.get("ferplus") or {}).get("path")
         if recorded and os.path.isfile(recorded) and not os.path.isdir(str(data)):
             splits_kwargs = {**splits_kwargs, "ferplus": recorded}
+    splits_kwargs = {k: v for k, v in splits_kwargs.items() if not (k == "ferplus_protocol" and v is None)}
+    if splits_kwargs.get("ferplus_protocol") is not None and not splits_kwargs.get("ferplus"):
+        raise FerkitError("a FER+ protocol applies to FER+ labels: pass ferplus=PATH (--ferplus) to fer2013new.csv")
     splits = prepare_splits(str(data), label_set=label_set, split=method, seed=seed, limit=limit, **splits_kwargs)
     if tuple(splits.labels) != tuple(lm.labels):
         raise FerkitError(
@@ -156,7 +159,8 @@ def evaluate(
     split_method, seed: how to split a CSV (default: what the model was trained with, else ``usage``).
     limit: first ``limit`` rows of each split (quick checks). Other keyword arguments go to ``prepare_splits``
         (``ferplus=`` path of fer2013new.csv, needed for FER+ models and defaulting to the one recorded at
-        training time; ``clean=`` rules, off by default so the test split stays complete).
+        training time; ``ferplus_protocol=`` 'plurality' (default) or 'reference', see
+        :mod:`ferkit.data.ferplus`; ``clean=`` rules, off by default so the test split stays complete).
     return_probs: also return ``probs`` (N, C) float32 and ``y_true`` (N,) arrays (not JSON).
 
     Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,
@@ -207,6 +211,8 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"model   {result['model']} ({result['model_kind']}{', ' + result['arch'] if result.get('arch') else ''})",
         f"data    {result.get('data')}  split {result['split']}  n={result['n']}  tta={result['tta']}",
+        *([f"labels  FER+ votes, {result['ferplus'].get('protocol', 'plurality')} protocol"]
+          if result.get("ferplus") else []),
         f"accuracy {result['accuracy'] * 100:.2f}%   macro-F1 {result['macro_f1'] * 100:.2f}%   "
         f"loss {result['loss']:.4f}   ({result.get('faces_per_s')} faces/s)",
         "",

@@ -25,7 +25,8 @@ def _ferplus_text(cfg: dict) -> str:
         return (f"`{cfg['ferplus']}` as extra supervision (blend: training target = "
                 f"{1 - cfg.get('ferplus_weight', 0.5):g} x FER2013 label + {cfg.get('ferplus_weight', 0.5):g} x FER+ votes; "
                 f"labels and evaluation are FER2013's)")
-    return f"`{cfg['ferplus']}` ({mode} targets)"
+    protocol = cfg.get("ferplus_protocol") or "plurality"
+    return f"`{cfg['ferplus']}` ({mode} targets, {protocol} protocol)"
 
 
 def _teacher_text(prov: dict) -> str:
@@ -157,8 +158,13 @@ def write_model_card(
     for split in SPLITS:
         results[split] = evaluate(model, str(data), split=split)
     save_report(results["PrivateTest"], out / "privatetest")
+    # FER+ models: also the FER+ authors' test protocol (single votes removed, > 50% agreement), which
+    # keeps fewer, clearer images; the main table stays ferkit's plurality protocol
+    reference = {split: evaluate(model, str(data), split=split, ferplus_protocol="reference")
+                 for split in SPLITS[1:]} if meta.get("label_set") == "ferplus8" else {}
     (out / "metrics.json").write_text(json.dumps(
-        {s: {k: v for k, v in r.items() if k not in ("probs", "y_true")} for s, r in results.items()}, indent=1) + "\n")
+        {**{s: {k: v for k, v in r.items() if k not in ("probs", "y_true")} for s, r in results.items()},
+         **({"reference_protocol": reference} if reference else {})}, indent=1) + "\n")
 
     name = name or Path(model).stem
     test = results["PrivateTest"]
@@ -190,6 +196,14 @@ def write_model_card(
     for split in SPLITS:
         r = results[split]
         lines.append(f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} |")
+    if reference:
+        lines += ["", "FER+ labels above: plurality of the 10 votes, ties, unknown and not-a-face dropped (ferkit's "
+                  "protocol). The same model under the FER+ authors' protocol (microsoft/FERPlus `ferplus.py`, "
+                  "majority mode: single votes removed, then more than half of the remaining votes for one "
+                  "emotion; fewer, clearer images), `ferkit evaluate MODEL --ferplus-protocol reference`:", "",
+                  "| split | images | accuracy | macro-F1 | loss |", "| --- | --- | --- | --- | --- |"]
+        for split, r in reference.items():
+            lines.append(f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} |")
     lines += [
         "",
         f"Evaluation machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; classifier speed there during evaluation: "

@@ -112,6 +112,7 @@ class TrainConfig:
     ferplus: str | None = None
     ferplus_mode: str | None = None
     ferplus_weight: float | None = None
+    ferplus_protocol: str | None = None
     teacher: str | None = None
     teacher_weight: float | None = None
     clean: list[str] | None = None
@@ -292,6 +293,12 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("--ferplus-mode needs --ferplus PATH (the fer2013new.csv file)")
     if cfg.ferplus_mode == "blend" and cfg.label_set == "ferplus8":
         bad("--ferplus-mode blend keeps FER2013's labels: use it with --label-set fer7, fer6 or fer5")
+    if cfg.ferplus_protocol is not None:
+        from .data.ferplus import FERPLUS_PROTOCOLS
+        if cfg.ferplus_protocol not in FERPLUS_PROTOCOLS:
+            bad(f"unknown FER+ protocol {cfg.ferplus_protocol!r}; choose one of {', '.join(FERPLUS_PROTOCOLS)}")
+        if not cfg.ferplus:
+            bad("--ferplus-protocol needs --ferplus PATH (the fer2013new.csv file)")
     if cfg.ferplus_weight is not None and not 0 <= cfg.ferplus_weight <= 1:
         bad(f"--ferplus-weight must lie in [0, 1], got {cfg.ferplus_weight}")
     if cfg.teacher_weight is not None and not 0 <= cfg.teacher_weight <= 1:
@@ -503,6 +510,7 @@ def _load_splits(cfg: TrainConfig):
                               "skip_bad": cfg.skip_bad, "limit": cfg.limit}
     optional = {"ferplus": cfg.ferplus, "ferplus_mode": cfg.ferplus_mode if cfg.ferplus else None,
                 "ferplus_weight": cfg.ferplus_weight if cfg.ferplus_mode == "blend" else None,
+                "ferplus_protocol": cfg.ferplus_protocol if cfg.ferplus else None,
                 "clean": list(cfg.clean) if cfg.clean else None}
     known = inspect.signature(prepare_splits).parameters
     for name, value in optional.items():

@@ -13,6 +13,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="FER2013 CSV (.csv or .csv.gz) or an image-folder root")
     p.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv: take labels from the FER+ votes")
     p.add_argument("--ferplus-mode", default="majority", choices=("majority", "soft"), help="FER+ target kind (default majority)")
+    p.add_argument("--ferplus-protocol", default="plurality", choices=("plurality", "reference"),
+                   help="which images FER+ labels: plurality of the votes (default) or the FER+ authors' rule")
     p.add_argument("--label-set", default=None, choices=LABEL_SETS,
                    help="label set (default fer7, or ferplus8 when --ferplus is given)")
     p.add_argument("--split", default="usage", choices=("usage", "random"),
@@ -52,7 +54,8 @@ def _prepare(args, clean=None):
     from ..data.splits import prepare_splits
 
     return prepare_splits(args.data, label_set=_label_set(args), split=args.split, seed=args.seed,
-                          skip_bad=args.skip_bad, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode, clean=clean)
+                          skip_bad=args.skip_bad, ferplus=args.ferplus, ferplus_mode=args.ferplus_mode,
+                          ferplus_protocol=args.ferplus_protocol, clean=clean)
 
 
 def _split_titles(splits) -> list[str]:

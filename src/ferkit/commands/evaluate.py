@@ -26,6 +26,9 @@ def register(subparsers) -> None:
                    help="FER+ fer2013new.csv: the labels of a FER+ (ferplus8) model (default: the path recorded at "
                         "training); given to a FER2013 model, it scores it against the FER+ majority vote instead "
                         "of FER2013's own labels (images without a clear FER+ majority are left out)")
+    p.add_argument("--ferplus-protocol", choices=("plurality", "reference"), default=None,
+                   help="which images FER+ labels: plurality of the votes, ties dropped (default), or reference: the "
+                        "FER+ authors' rule (single votes removed, more than half of the rest for one class)")
     p.add_argument("--clean", default=None,
                    help="comma-separated cleaning rules applied before splitting (default: none, the full split)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
@@ -46,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     extra = {}
     if args.ferplus:
         extra["ferplus"] = args.ferplus
+    if args.ferplus_protocol:
+        extra["ferplus_protocol"] = args.ferplus_protocol
     if args.clean:
         extra["clean"] = [r.strip() for r in args.clean.split(",") if r.strip()]
     # In --json mode stdout carries exactly one JSON object: anything a library prints goes to stderr.

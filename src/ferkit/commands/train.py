@@ -88,6 +88,9 @@ def register(subparsers) -> None:
                         "training target towards the FER+ votes (extra supervision)")
     g.add_argument("--ferplus-weight", type=float, metavar="W",
                    help="weight of the FER+ votes in blend mode (default 0.5)")
+    g.add_argument("--ferplus-protocol", choices=["plurality", "reference"],
+                   help="which images FER+ labels: plurality of the votes, ties dropped (default), or reference: "
+                        "the FER+ authors' rule (single votes removed, more than half of the rest for one class)")
     g.add_argument("--teacher", metavar="MODEL",
                    help="distil from this exported model or ensemble (.onnx or bundled name; trained on the same "
                         "data and split): its probabilities on the Training images join the training target")
@@ -149,7 +152,8 @@ def register(subparsers) -> None:
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix", "brightness", "contrast",
               "gamma", "sharpness", "noise")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
-          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
+          "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
+          "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 

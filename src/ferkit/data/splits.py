@@ -110,8 +110,15 @@ def onehot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: float = 0.5
-                    ) -> tuple[np.ndarray, np.ndarray, dict]:
+_PROTOCOL_RULES = {
+    "plurality": "plurality over classes+unknown+NF; ties, unknown, NF, excluded classes and FER+-dropped images removed",
+    "reference": "FER+ authors' rule: single votes removed, then > 50% of the remaining votes for one class; "
+                 "unknown, NF, excluded classes and FER+-dropped images removed",
+}
+
+
+def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: float = 0.5,
+                    protocol: str = "plurality") -> tuple[np.ndarray, np.ndarray, dict]:
     from .ferplus import FERPLUS_MODES, align_ferplus, ferplus_targets, load_ferplus, reason_counts
 
     if mode not in FERPLUS_MODES:
@@ -119,10 +126,10 @@ def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: flo
     fp = load_ferplus(ferplus)
     n_csv_rows = int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
     align_ferplus(fp, ds.rows, ds.usage, n_csv_rows, ds.path)
-    labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows])
-    info = {"path": str(ferplus), "sha256": fp.sha256, "mode": mode,
-            "rule": "plurality over classes+unknown+NF; ties, unknown, NF, excluded classes and FER+-dropped images removed",
-            "reasons": reason_counts(reason)}
+    labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows],
+                                           protocol=protocol)
+    info = {"path": str(ferplus), "sha256": fp.sha256, "mode": mode, "protocol": protocol,
+            "rule": _PROTOCOL_RULES[protocol], "reasons": reason_counts(reason)}
     if mode == "majority":
         soft = onehot(labels, soft.shape[1])
     elif mode == "blend":  # FER2013's own labels stay the labels; FER+ votes only soften the training target
@@ -165,6 +172,7 @@ def prepare_splits(
     ferplus: str | os.PathLike | None = None,
     ferplus_mode: str = "majority",
     ferplus_weight: float = 0.5,
+    ferplus_protocol: str = "plurality",
     clean: str | Iterable[str] | None = None,
     class_map: dict[str, str] | None = None,
 ) -> Splits:
@@ -182,6 +190,8 @@ def prepare_splits(
       ``'blend'`` keeps FER2013's labels and images (a FER2013 label set) and makes ``Subset.soft`` the
       training target ``(1 - ferplus_weight) * one-hot + ferplus_weight * FER+ votes`` (FER+ as extra
       supervision; evaluation stays on FER2013's labels).
+    ferplus_protocol: which images FER+ labels and how (``plurality``, ferkit's default, or ``reference``,
+      the FER+ authors' rule: see :mod:`ferkit.data.ferplus`); it applies to every split.
     clean: cleaning rules, e.g. ``['blank', 'histogram', 'duplicates']`` (see :mod:`ferkit.data.clean`);
       the report lands in ``info['cleaning']``.
     class_map: extra folder-name -> class-name mappings for image folders.
@@ -200,7 +210,8 @@ def prepare_splits(
     if isinstance(data, Fer2013) or not os.path.isdir(data):
         ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
         if ferplus is not None:
-            y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode, ferplus_weight)
+            y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode, ferplus_weight,
+                                                       ferplus_protocol)
         elif ls.from_fer7 is None:
             raise FerkitError(f"label set {ls.name!r} needs FER+ votes: pass ferplus=PATH (--ferplus) to fer2013new.csv")
         else:
