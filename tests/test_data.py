@@ -435,7 +435,7 @@ def test_ferplus_majority_rule_and_drop_reasons(tmp_path):
     assert l6[7] == 0  # angry (merged with disgust)
 
 
-def test_ferplus_reference_protocol_removes_single_votes_and_needs_a_majority(tmp_path):
+def test_ferplus_reference_protocol_removes_single_votes_and_needs_a_majority(tmp_path, capsys):
     """The FER+ authors' rule: counts of 1 vote are dropped, then one candidate needs more than half of the rest."""
     csv, fp_path = make_ferplus_pair(tmp_path)
     fp = load_ferplus(fp_path)
@@ -459,6 +459,11 @@ def test_ferplus_reference_protocol_removes_single_votes_and_needs_a_majority(tm
                          ferplus_mode="soft")
     assert ref.train.rows.tolist() == [0, 1] and ref.val.rows.tolist() == [] and ref.test.rows.tolist() == [8]
     assert ref.info["ferplus"]["protocol"] == "reference" and ref.info["ferplus"]["reasons"]["no_majority"] == 4
+    for protocol, kept in (("plurality", [2, 1, 1]), ("reference", [2, 0, 1])):  # the CLI counts what each keeps
+        assert cli_main(["data", "stats", "--data", str(csv), "--ferplus", str(fp_path), "--ferplus-protocol",
+                         protocol, "--json", "--no-plot"]) == 0
+        counts = json.loads(capsys.readouterr().out)["class_counts"]
+        assert [sum(counts[sp].values()) for sp in ("train", "val", "test")] == kept
 
 
 def test_prepare_splits_with_ferplus_majority_and_soft(tmp_path):
