@@ -733,7 +733,6 @@ def test_select_ensemble_scores_ferplus_models_with_the_given_votes_file(tiny_ru
 def test_ferplus_reference_protocol_in_train_evaluate_and_card(tiny_run, tmp_path, capfd):
     """--ferplus-protocol reference: training, evaluation and the model card use the FER+ authors' rule, which
     leaves out the images without a majority (here every third one: 4 votes against 3 + 3)."""
-    from ferkit.checkpoint import load_checkpoint
     from ferkit.modelcard import write_model_card
     from ferkit.train import TrainConfig, train
 

@@ -116,7 +116,6 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         recorded = (lm.data_info.get("ferplus") or {}).get("path")
         if recorded and os.path.isfile(recorded) and not os.path.isdir(str(data)):
             splits_kwargs = {**splits_kwargs, "ferplus": recorded}
-    splits_kwargs = {k: v for k, v in splits_kwargs.items() if not (k == "ferplus_protocol" and v is None)}
     if splits_kwargs.get("ferplus_protocol") is not None and not splits_kwargs.get("ferplus"):
         raise FerkitError("a FER+ protocol applies to FER+ labels: pass ferplus=PATH (--ferplus) to fer2013new.csv")
     splits = prepare_splits(str(data), label_set=label_set, split=method, seed=seed, limit=limit, **splits_kwargs)

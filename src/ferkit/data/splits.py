@@ -172,7 +172,7 @@ def prepare_splits(
     ferplus: str | os.PathLike | None = None,
     ferplus_mode: str = "majority",
     ferplus_weight: float = 0.5,
-    ferplus_protocol: str = "plurality",
+    ferplus_protocol: str | None = None,
     clean: str | Iterable[str] | None = None,
     class_map: dict[str, str] | None = None,
 ) -> Splits:
@@ -190,8 +190,8 @@ def prepare_splits(
       ``'blend'`` keeps FER2013's labels and images (a FER2013 label set) and makes ``Subset.soft`` the
       training target ``(1 - ferplus_weight) * one-hot + ferplus_weight * FER+ votes`` (FER+ as extra
       supervision; evaluation stays on FER2013's labels).
-    ferplus_protocol: which images FER+ labels and how (``plurality``, ferkit's default, or ``reference``,
-      the FER+ authors' rule: see :mod:`ferkit.data.ferplus`); it applies to every split.
+    ferplus_protocol: which images FER+ labels and how (``plurality``, ferkit's default, also when None, or
+      ``reference``, the FER+ authors' rule: see :mod:`ferkit.data.ferplus`); it applies to every split.
     clean: cleaning rules, e.g. ``['blank', 'histogram', 'duplicates']`` (see :mod:`ferkit.data.clean`);
       the report lands in ``info['cleaning']``.
     class_map: extra folder-name -> class-name mappings for image folders.
@@ -211,7 +211,7 @@ def prepare_splits(
         ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
         if ferplus is not None:
             y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode, ferplus_weight,
-                                                       ferplus_protocol)
+                                                       ferplus_protocol or "plurality")
         elif ls.from_fer7 is None:
             raise FerkitError(f"label set {ls.name!r} needs FER+ votes: pass ferplus=PATH (--ferplus) to fer2013new.csv")
         else:
