@@ -6,8 +6,8 @@ import shlex
 import pytest
 
 from ferkit.cli import build_parser
-from ferkit.models import list_models
-from ferkit.recipes import get_recipe
+from ferkit.commands.train import config_from_args
+from ferkit.train import resolve_config
 
 
 @pytest.fixture()
@@ -21,9 +21,9 @@ def test_every_row_is_a_valid_train_command_for_its_architecture(mod):
     for row in mod.ROWS:
         cmd = ["train", "--data", "data.csv"] + shlex.split(row.train_args.replace(mod.FERPLUS_ARG, "fp.csv"))
         args = parser.parse_args(cmd)  # argparse exits (SystemExit) on an unknown or malformed option
-        arch = args.arch or get_recipe(args.recipe).settings["arch"]  # an explicit --arch, else the recipe's
-        assert arch == row.arch, row.name
-        assert row.arch in list_models(), row.name
+        # what `ferkit train` would run: registry < recipe < options, checked (FerkitError on a bad combination)
+        cfg = resolve_config(config_from_args(args))
+        assert cfg.arch == row.arch, row.name
         assert args.out.startswith("runs/"), row.name
         outs.add(args.out)
     assert len(outs) == len(mod.ROWS)  # each row has its own run directory
