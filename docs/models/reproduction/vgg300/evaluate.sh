@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Score the vgg reproduction run's best.pt (chosen on PublicTest during training) on both test splits with
 # each test-time augmentation; run from the project root. The JSON files in eval/ are this script's output
-# for the run stopped after epoch 95 (second session of 2026-12-02; best.pt = epoch 91).
+# for the run stopped after epoch 136 (third session of 2026-12-02; best.pt = epoch 127).
 D=../shared/data/fer2013/fer2013.csv.gz
 O=${1:-runs/vgg_eval}; mkdir -p "$O"
 for s in PublicTest PrivateTest; do for t in none flip tencrop; do
