@@ -140,6 +140,63 @@ def test_cpu_2h_recipe_is_cpu_fast_for_160_epochs_with_a_weight_average(tiny_fer
     assert resolve_config(TrainConfig(**base, recipe="cpu-fast")).ema == 0.0  # cpu-fast itself is unchanged
 
 
+# ------------------------------------------------------------------------------- time budget
+def test_budget_epochs_fills_the_budget_with_whole_epochs():
+    from ferkit.train import budget_epochs
+
+    assert budget_epochs(10, 60) == 9  # 600 s x 0.97 = 582 s: nine epochs of 60 s
+    assert budget_epochs(10, 58.0) == 10
+    assert budget_epochs(120, 94.0) == 74
+    assert budget_epochs(1, 100) == 0
+    with pytest.raises(FerkitError):
+        budget_epochs(0, 10)
+    with pytest.raises(FerkitError):
+        budget_epochs(5, 0)
+
+
+def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_path, monkeypatch):
+    """The probe times real steps on a copy: the budgeted run then equals an --epochs run bit for bit."""
+    import ferkit.train as T
+
+    seen = {}
+
+    def fake_budget(minutes, epoch_seconds, margin=T.BUDGET_MARGIN):
+        seen["minutes"], seen["epoch_s"] = minutes, epoch_seconds
+        return 3
+
+    monkeypatch.setattr(T, "budget_epochs", fake_budget)
+    common = dict(data=str(tiny_fer_csv), arch=TINY, lr=1e-2, augment="standard", ema=0.9, progress=False,
+                  threads=1, seed=5)
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "b"), time_budget=2.5))
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "e"), epochs=3))
+    assert seen["minutes"] == 2.5 and 0 < seen["epoch_s"] < 60
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["epochs"] == 3 and cfg["time_budget"] == 2.5
+    probe = cfg["time_budget_probe"]
+    assert probe["epochs"] == 3 and probe["step_s"] > 0 and probe["epoch_s"] == seen["epoch_s"]
+    a, b = _load(tmp_path / "b" / "last.pt"), _load(tmp_path / "e" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # resuming keeps the epochs the budget chose
+    r = T._resume_config(T.TrainConfig(out=str(tmp_path / "b"), resume=True))[0]
+    assert r.epochs == 3 and r.time_budget == 2.5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--time-budget", "5", "--epochs", "2"], "drop --epochs"),
+    (["--time-budget", "0"], "--time-budget must be a positive number"),
+    (["--time-budget", "nan"], "--time-budget must be a positive number"),
+    (["--time-budget", "1e-6"], "fits 0 epoch(s) on this machine"),
+])
+def test_time_budget_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
+    argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--out", str(tmp_path / "r"), "--no-progress",
+            "--threads", "1", *args]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("recipe, explicit", [
     ("default", dict(recipe="cpu-fast", arch="fastres_s", epochs=50, ferplus_mode="blend", ferplus_weight=0.5)),
     ("ferplus", dict(recipe="cpu-fast", arch="fastres", epochs=50, ferplus_mode="soft", label_set="ferplus8")),

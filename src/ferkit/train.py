@@ -40,7 +40,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class TrainConfig:
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
-    Optimisation: ``epochs``, ``batch_size`` (global: split across data-parallel processes),
+    Optimisation: ``epochs`` (or ``time_budget``: minutes of training on this machine; a few timed
+    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``batch_size`` (global: split across data-parallel processes),
     ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
     ``schedule_params`` (plateau: factor, patience, mode max|min, min_lr; cosine: min_lr; onecycle:
@@ -119,6 +120,7 @@ class TrainConfig:
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
     epochs: int | None = None
+    time_budget: float | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
     optimizer: str | None = None
@@ -155,6 +157,7 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
+    "time_budget": None,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
@@ -221,6 +224,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
 
     given = {k: v for k, v in asdict(config).items() if v is not None}
     recipe = dict(get_recipe(given["recipe"]).settings) if given.get("recipe") else {}
+    if "time_budget" in given and "epochs" in given:
+        raise FerkitError("--time-budget chooses the number of epochs: drop --epochs (or --time-budget)")
 
     init_meta = None
     if given.get("init"):
@@ -319,6 +324,9 @@ def _check_config(cfg: TrainConfig) -> None:
         (cfg.grad_clip >= 0, f"gradient clipping norm must be >= 0, got {cfg.grad_clip}"),
         (0 <= cfg.ema < 1, f"--ema (weight-average decay) must lie in [0, 1), got {cfg.ema}"),
         (cfg.limit is None or cfg.limit >= 1, f"--limit must be >= 1, got {cfg.limit}"),
+        (cfg.time_budget is None or (isinstance(cfg.time_budget, (int, float)) and math.isfinite(cfg.time_budget)
+                                     and cfg.time_budget > 0),
+         f"--time-budget must be a positive number of minutes, got {cfg.time_budget}"),
         (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
     ]
     for ok, msg in checks:
@@ -643,6 +651,88 @@ class WeightAverage:
         torch._foreach_lerp_(avg, cur, 1.0 - d)
 
 
+# ------------------------------------------------------------------------------------ time budget
+BUDGET_WARMUP_STEPS = 2  # untimed steps first (allocator, oneDNN kernels)
+BUDGET_TIMED_STEPS = 8
+BUDGET_EPOCH_OVERHEAD_S = 1.0  # per epoch besides training and validation: checkpoints, metrics, curves
+BUDGET_MARGIN = 0.97  # the epochs are planned to fill this fraction of the budget
+
+
+def budget_epochs(minutes: float, epoch_seconds: float, margin: float = BUDGET_MARGIN) -> int:
+    """How many whole epochs of ``epoch_seconds`` fit in ``margin`` x ``minutes`` (0 when none does)."""
+    if minutes <= 0 or epoch_seconds <= 0:
+        raise FerkitError(f"a time budget needs positive minutes and epoch seconds, got {minutes}, {epoch_seconds}")
+    return int(minutes * 60.0 * margin // epoch_seconds)
+
+
+def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmenter: Augmenter,
+                   train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, batch: int,
+                   steps_per_epoch: int) -> dict[str, float]:
+    """Time this run's epoch on this machine, before the run starts (for ``--time-budget``).
+
+    A copy of the network takes ``BUDGET_WARMUP_STEPS`` + ``BUDGET_TIMED_STEPS`` real training steps
+    (same batch size, augmentation, precision, memory format, optimiser and weight average) on random
+    Training batches, then one validation pass over up to 1,024 images is timed and scaled to the split.
+    The run's own network, optimiser and random streams are left exactly as they were, so a budgeted
+    run is the same run as one started with ``--epochs`` set to the number it chose. Under data-parallel
+    training the processes' measures are averaged, so that all of them plan the same epochs."""
+    import copy
+
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if rt.device.type == "cuda" else None
+    probe = copy.deepcopy(model).train()
+    opt = _make_optimizer(cfg, probe)
+    avg = WeightAverage(probe, cfg.ema) if cfg.ema else None
+    gen = torch.Generator().manual_seed(2_147_483_647)
+
+    def sync() -> None:
+        if rt.device.type == "cuda":
+            torch.cuda.synchronize(rt.device)
+
+    def step() -> None:
+        idx = torch.randint(0, len(train_y), (batch,), generator=gen).to(train_x.device)
+        x = augmenter(train_x[idx], gen)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with rt.autocast():
+            logits = probe(x)
+        loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if avg is not None:
+            avg.update(probe, 0)
+
+    for _ in range(BUDGET_WARMUP_STEPS):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(BUDGET_TIMED_STEPS):
+        step()
+    sync()
+    step_s = (time.perf_counter() - t0) / BUDGET_TIMED_STEPS
+
+    probe.eval()
+    n_val = -(-len(val_x) // rt.world_size)  # this process's share
+    k = min(n_val, 1024)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for lo in range(0, k, cfg.eval_batch_size):
+            xb = val_x[lo:min(lo + cfg.eval_batch_size, k)]
+            xb = xb.contiguous(memory_format=torch.channels_last) if cfg.channels_last else xb
+            with rt.autocast():
+                probe(xb)
+    sync()
+    val_s = (time.perf_counter() - t0) * n_val / max(k, 1) * (2 if cfg.ema else 1)  # the average and the trained weights
+
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    step_s, val_s = (v / rt.world_size for v in _all_reduce_sum([step_s, val_s], rt))
+    epoch_s = steps_per_epoch * step_s + val_s + BUDGET_EPOCH_OVERHEAD_S
+    return {"step_s": step_s, "validation_s": val_s, "epoch_s": epoch_s}
+
+
 @torch.no_grad()
 def evaluate_tensors(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, batch_size: int,
                      channels_last: bool) -> tuple[float, float]:
@@ -829,6 +919,21 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     model.to(rt.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment), mean=spec.mean, std=spec.std)
+    budget_note = None
+    if cfg.time_budget and resume_ckpt is None:
+        # the schedule needs the total step count up front, so the epochs are decided here, once
+        probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, batch, steps_per_epoch)
+        epochs = budget_epochs(cfg.time_budget, probe["epoch_s"])
+        if epochs < 1 or epochs <= cfg.warmup_epochs:
+            raise FerkitError(
+                f"--time-budget {cfg.time_budget:g} min fits {epochs} epoch(s) on this machine (about "
+                f"{probe['epoch_s']:.0f} s each; the warm-up alone is {cfg.warmup_epochs:g} epochs): give it more "
+                f"minutes, or choose a smaller network or --epochs")
+        cfg = replace(cfg, epochs=epochs)
+        budget_note = (f"--time-budget {cfg.time_budget:g} min: {epochs} epochs of about {probe['epoch_s']:.1f} s "
+                       f"({probe['step_s'] * 1000:.0f} ms a step, measured before the run)")
+        budget_info = {**probe, "minutes": cfg.time_budget, "epochs": epochs, "margin": BUDGET_MARGIN}
     optimizer = _make_optimizer(cfg, model)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     schedule = LRSchedule(cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule_params)
@@ -836,7 +941,6 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     weight = None
     if cfg.class_weights != "none":
         weight = torch.from_numpy(class_weights(splits.train.labels, num_classes, cfg.class_weights)).to(rt.device)
-    augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment), mean=spec.mean, std=spec.std)
     aug = augmenter.config
     mixing = bool(aug.mixup or aug.cutmix)
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 17 + 7919 * rt.rank)  # augmentation randomness
@@ -887,6 +991,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         run_info = {**asdict(cfg), "data_info": splits.info, "labels": list(labels), "world_size": rt.world_size,
                     "device": str(rt.device), "precision_used": rt.precision, "threads": rt.threads,
                     "torch": torch.__version__, "steps_per_epoch": steps_per_epoch, "images_per_epoch": n_epoch}
+        if budget_note is not None:
+            run_info["time_budget_probe"] = budget_info
         _write_atomic(run_dir / "config.json", json.dumps(run_info, indent=1, default=str).encode())
         print(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f} M parameters), {splits.label_set} "
               f"({num_classes} classes); train {len(splits.train)} / val {len(splits.val)} images; "
@@ -894,7 +1000,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
               f"{', channels-last' if cfg.channels_last else ''}; seed {cfg.seed}; "
               f"{steps_per_epoch} steps/epoch of {batch * rt.world_size}; {cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule}",
               flush=True)
-        for note in [init_note, *rt.notes]:
+        for note in [init_note, budget_note, *rt.notes]:
             if note:
                 print(f"  note: {note}", flush=True)
         if resume_ckpt is not None:

@@ -69,6 +69,9 @@ def register(subparsers) -> None:
     g.add_argument("--recipe", help="named recipe from ferkit.recipes, e.g. cpu-fast (see --list-recipes)")
     g.add_argument("--list-recipes", action="store_true", help="print the recipes and exit")
     g.add_argument("--epochs", type=int)
+    g.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="instead of --epochs: time a few training steps on this machine first and train as many "
+                   "epochs as fit in MINUTES (the number chosen is printed and saved in config.json)")
     g.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out from its last.pt, exactly where it stopped")
     g.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from a checkpoint or run directory "
@@ -151,7 +154,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix", "brightness", "contrast",
               "gamma", "sharpness", "noise")
-_PLAIN = ("data", "out", "arch", "recipe", "epochs", "resume", "init", "overwrite", "seed", "label_set", "split",
+_PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
           "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
