@@ -183,6 +183,18 @@ def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_p
     assert r.epochs == 3 and r.time_budget == 2.5
 
 
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_precision_says_when_the_cpu_trains_in_float32(tiny_fer_csv, tmp_path, monkeypatch, has_bf16):
+    import ferkit.train as T
+
+    monkeypatch.setattr(T, "_cpu_supports_bf16", lambda: has_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = T.resolve_config(T.TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "r"), arch=TINY, threads=1))
+    rt = T._setup_runtime(cfg)
+    assert rt.precision == ("bf16" if has_bf16 else "fp32")
+    assert any("no fast bf16" in n and "--time-budget" in n for n in rt.notes) == (not has_bf16)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--time-budget", "5", "--epochs", "2"], "drop --epochs"),
     (["--time-budget", "0"], "--time-budget must be a positive number"),

@@ -7,8 +7,10 @@ name the architecture; ``--arch`` still wins.
 
 The numbers here were chosen by reasoning, not tuned by search; the model cards and the README say which
 recipe produced which figure, with the command that reproduces it. ``cpu-2h`` is ``cpu-fast`` with the
-schedule length and weight average of its one measured run (70.52% PrivateTest, 102 minutes on 2 cores).
-``default`` and ``ferplus`` reproduce the bundled models of those names; they need ``--ferplus PATH``.
+schedule length and weight average of its first measured run (70.52% PrivateTest, 102 minutes on a
+2-core Xeon with bf16; ``ferkit train --time-budget`` fits the epochs to a slower CPU instead).
+``default`` reproduces the bundled default model and ``ferplus`` the single-network FER+ model it shipped
+before the two-network ensemble; both need ``--ferplus PATH``.
 """
 from __future__ import annotations
 
@@ -55,8 +57,9 @@ RECIPES: dict[str, Recipe] = {
     "cpu-2h": Recipe(
         "cpu-2h",
         "cpu-fast for 160 epochs with an exponential moving average of the weights (decay 0.999): 70.52% "
-        "PrivateTest without test-time augmentation in 102 minutes on the 2-core CPU "
-        "(docs/models/candidates/ema_fastres_s_e160)",
+        "PrivateTest without test-time augmentation in 102 minutes on a 2-core Xeon with bf16 "
+        "(docs/models/candidates/ema_fastres_s_e160); a CPU without bf16 takes several times longer: add "
+        "--time-budget MINUTES to train as many epochs as fit",
         {**_CPU_FAST, "epochs": 160, "ema": 0.999},
     ),
     "default": Recipe(
@@ -67,8 +70,10 @@ RECIPES: dict[str, Recipe] = {
     ),
     "ferplus": Recipe(
         "ferplus",
-        "the bundled `ferplus` model's recipe: the 8 FER+ classes learnt from the vote distributions, the "
-        "`fastres` network, cpu-fast for 50 epochs (needs --ferplus PATH; docs/models/ferplus/MODEL_CARD.md)",
+        "the FER+ networks' recipe: the 8 FER+ classes learnt from the vote distributions, the `fastres` "
+        "network, cpu-fast for 50 epochs (the `ferplus` model until 2026-12-01; the two networks of today's "
+        "bundled `ferplus` add --epochs 100 --ema 0.999 and --arch fastres_m --seed 2 / --seed 1; needs "
+        "--ferplus PATH; docs/models/ferplus/MODEL_CARD.md)",
         {**_CPU_FAST, "arch": "fastres", "epochs": 50, "ferplus_mode": "soft", "label_set": "ferplus8"},
     ),
     "gpu-strong": Recipe(

@@ -498,6 +498,10 @@ def _setup_runtime(cfg: TrainConfig) -> Runtime:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "bf16" if _cpu_supports_bf16() else "fp32"
+            if precision == "fp32":
+                notes.append("this CPU has no fast bf16 (AVX512-BF16 or AMX), so training runs in float32: "
+                             "expect epochs several times longer than the figures in ferkit's docs, measured "
+                             "with bf16 (--time-budget MINUTES fits the epochs to this machine)")
     if precision == "fp16" and device.type != "cuda":
         raise FerkitError("fp16 mixed precision needs a CUDA GPU; on the CPU use --precision bf16 or fp32")
     if precision == "bf16" and device.type == "cpu" and not _cpu_supports_bf16():
