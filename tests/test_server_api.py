@@ -675,14 +675,56 @@ def test_workers_are_recycled_after_max_requests_without_errors(tmp_path):
     try:
         data = encode(scene())
         pids, codes = set(), []
+        closing = []
         for _ in range(8):
-            codes.append(upload(srv.client, data).status_code)
-            pids.add(srv.client.get("/api/v1/health").json()["pid"])
+            r = upload(srv.client, data)
+            health = srv.client.get("/api/v1/health")
+            codes.append(r.status_code)
+            pids.add(health.json()["pid"])
+            closing += [r.headers.get("connection"), health.headers.get("connection")]
         assert codes == [200] * 8
+        # a worker's 4th response and those after it tell the client to close the connection (the start-up
+        # check was the first worker's 1st request); the first three never do
+        assert closing[:2] == [None, None] and "close" in closing[2:], closing
         assert len(pids) >= 2, pids
         assert srv.client.get("/api/v1/results").json()["total"] == 8
     finally:
         srv.stop()
+
+
+def test_responses_close_the_connection_once_the_worker_is_due_for_recycling():
+    """The limit-th response and those after it say `Connection: close` (replacing any connection header),
+    so no client reuses a kept-alive connection that uvicorn is about to shut."""
+    import asyncio
+
+    from ferkit.server.app import CloseBeforeRecycling
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"Connection", b"keep-alive")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = CloseBeforeRecycling(inner, limit=3)
+
+    async def one(kind="http"):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        await mw({"type": kind}, None, send)
+        return sent
+
+    async def run():
+        out = [await one() for _ in range(4)]
+        await one("lifespan")  # not a request: not counted
+        return out
+
+    results = asyncio.run(run())
+    conn = [[v for k, v in r[0]["headers"] if k.lower() == b"connection"] for r in results]
+    assert conn == [[b"keep-alive"], [b"keep-alive"], [b"close"], [b"close"]]
+    assert all(r[1] == {"type": "http.response.body", "body": b"ok"} for r in results)
+    assert mw.count == 4
 
 
 def test_killing_the_supervisor_takes_the_workers_down(tmp_path):

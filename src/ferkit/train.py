@@ -81,7 +81,8 @@ class TrainConfig:
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
     Optimisation: ``epochs`` (or ``time_budget``: minutes of training on this machine; a few timed
-    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``batch_size`` (global: split across data-parallel processes),
+    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``batch_size``
+    (global: split across data-parallel processes),
     ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
     ``schedule_params`` (plateau: factor, patience, mode max|min, min_lr; cosine: min_lr; onecycle:

@@ -58,7 +58,7 @@ def run(args) -> int:
         import uvicorn
     except ImportError as e:
         raise FerkitError(f"`ferkit serve` needs the serve extra ({e.name} is missing): pip install 'ferkit[serve]'") from None
-    from ..server.settings import MB, SETTINGS_ENV, ServerSettings, default_data_dir
+    from ..server.settings import MAX_REQUESTS_ENV, MB, SETTINGS_ENV, ServerSettings, default_data_dir
 
     if not 0 < args.port < 65536:
         raise FerkitError(f"--port must be 1-65535, got {args.port}")
@@ -108,6 +108,7 @@ def run(args) -> int:
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SETTINGS_ENV] = settings.to_json()
+    os.environ[MAX_REQUESTS_ENV] = str(args.max_requests)
     config = uvicorn.Config(
         "ferkit.server.app:app_from_env", factory=True, workers=args.workers,
         limit_max_requests=args.max_requests or None,

@@ -37,7 +37,7 @@ from .fetch import UrlFetcher
 from .imaging import decode_image, encode_png, extension_for, face_thumbnail, fit_within
 from .schemas import (AnalysisOut, AnalyzeUrlRequest, ErrorOut, FaceOut, HealthOut, ResultsPage,
                       ResultSummary)
-from .settings import ServerSettings
+from .settings import MAX_REQUESTS_ENV, ServerSettings
 from .store import ResultStore, StoredResult, valid_id
 
 log = logging.getLogger("ferkit.server")
@@ -605,8 +605,40 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+class CloseBeforeRecycling:
+    """ASGI middleware for a worker that uvicorn restarts after ``limit`` requests (``--max-requests``).
+
+    uvicorn notices the limit on its next tick (every 0.1 s) and then closes the worker's connections; a
+    client that has just sent its next request on a kept-alive connection would see the connection reset.
+    So from the ``limit``-th request on, every response says ``Connection: close``: the client's next
+    request opens a new connection, which the listening socket hands to a live worker."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.count = app, int(limit), 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.count += 1
+        if self.count < self.limit:
+            return await self.app(scope, receive, send)
+
+        async def send_closing(message):
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return await self.app(scope, receive, send_closing)
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory for supervised workers: settings from ``$FERKIT_SERVE_SETTINGS``; each worker process
-    loads the model once at start-up."""
+    loads the model once at start-up. With ``$FERKIT_SERVE_MAX_REQUESTS`` (set by ``ferkit serve
+    --max-requests``) responses close their connection once the worker is due to be recycled."""
     _die_with_parent()
-    return create_app(ServerSettings.from_env())
+    app = create_app(ServerSettings.from_env())
+    limit = int(os.environ.get(MAX_REQUESTS_ENV, "0") or 0)
+    if limit > 0:
+        app.add_middleware(CloseBeforeRecycling, limit=limit)
+    return app

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import FerkitError
 
 SETTINGS_ENV = "FERKIT_SERVE_SETTINGS"
+MAX_REQUESTS_ENV = "FERKIT_SERVE_MAX_REQUESTS"  # --max-requests, for the workers (see app.CloseBeforeRecycling)
 DATA_DIR_ENV = "FERKIT_SERVER_DATA"
 
 MB = 1024 * 1024
