@@ -780,6 +780,9 @@ def test_cli_rejects_bad_settings(capsys, tmp_path):
     assert main(["serve", *d, "--analyzer", "no_such_module_xyz:Thing"]) == 2
     assert "no_such_module_xyz" in capsys.readouterr().err
     assert main(["serve", *d, "--port", "0", "--analyzer", FAKE]) == 2
+    capsys.readouterr()
+    assert main(["serve", *d, "--max-requests", "-1", "--analyzer", FAKE]) == 2
+    assert "--max-requests must be 0 (never restart) or positive" in capsys.readouterr().err
 
 
 def test_decoder_handles_modes_formats_and_exif():

@@ -671,13 +671,14 @@ def budget_epochs(minutes: float, epoch_seconds: float, margin: float = BUDGET_M
 
 
 def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmenter: Augmenter,
-                   train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, batch: int,
-                   steps_per_epoch: int) -> dict[str, float]:
+                   train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                   batch: int, steps_per_epoch: int) -> dict[str, float]:
     """Time this run's epoch on this machine, before the run starts (for ``--time-budget``).
 
     A copy of the network takes ``BUDGET_WARMUP_STEPS`` + ``BUDGET_TIMED_STEPS`` real training steps
     (same batch size, augmentation, precision, memory format, optimiser and weight average) on random
-    Training batches, then one validation pass over up to 1,024 images is timed and scaled to the split.
+    Training batches, then :func:`evaluate_tensors` over up to 1,024 validation images a process is timed
+    and scaled to the split.
     The run's own network, optimiser and random streams are left exactly as they were, so a budgeted
     run is the same run as one started with ``--epochs`` set to the number it chose. Under data-parallel
     training the processes' measures are averaged, so that all of them plan the same epochs."""
@@ -717,18 +718,11 @@ def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmen
     sync()
     step_s = (time.perf_counter() - t0) / BUDGET_TIMED_STEPS
 
-    probe.eval()
-    n_val = -(-len(val_x) // rt.world_size)  # this process's share
-    k = min(n_val, 1024)
+    k = min(len(val_y), 1024 * rt.world_size)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        for lo in range(0, k, cfg.eval_batch_size):
-            xb = val_x[lo:min(lo + cfg.eval_batch_size, k)]
-            xb = xb.contiguous(memory_format=torch.channels_last) if cfg.channels_last else xb
-            with rt.autocast():
-                probe(xb)
+    evaluate_tensors(probe, val_x[:k], val_y[:k], rt, cfg.eval_batch_size, cfg.channels_last)
     sync()
-    val_s = (time.perf_counter() - t0) * n_val / max(k, 1) * (2 if cfg.ema else 1)  # the average and the trained weights
+    val_s = (time.perf_counter() - t0) * len(val_y) / k * (2 if cfg.ema else 1)  # the average and the trained weights
 
     torch.set_rng_state(cpu_rng)
     if cuda_rng is not None:
@@ -925,10 +919,10 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     augmenter = Augmenter(AugmentConfig.from_dict(cfg.augment), mean=spec.mean, std=spec.std)
-    budget_note = None
+    budget_info = None
     if cfg.time_budget and resume_ckpt is None:
         # the schedule needs the total step count up front, so the epochs are decided here, once
-        probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, batch, steps_per_epoch)
+        probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, val_y, batch, steps_per_epoch)
         epochs = budget_epochs(cfg.time_budget, probe["epoch_s"])
         if epochs < 1 or epochs <= cfg.warmup_epochs:
             raise FerkitError(
@@ -936,8 +930,6 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
                 f"{probe['epoch_s']:.0f} s each; the warm-up alone is {cfg.warmup_epochs:g} epochs): give it more "
                 f"minutes, or choose a smaller network or --epochs")
         cfg = replace(cfg, epochs=epochs)
-        budget_note = (f"--time-budget {cfg.time_budget:g} min: {epochs} epochs of about {probe['epoch_s']:.1f} s "
-                       f"({probe['step_s'] * 1000:.0f} ms a step, measured before the run)")
         budget_info = {**probe, "minutes": cfg.time_budget, "epochs": epochs, "margin": BUDGET_MARGIN}
     optimizer = _make_optimizer(cfg, model)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -996,8 +988,12 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         run_info = {**asdict(cfg), "data_info": splits.info, "labels": list(labels), "world_size": rt.world_size,
                     "device": str(rt.device), "precision_used": rt.precision, "threads": rt.threads,
                     "torch": torch.__version__, "steps_per_epoch": steps_per_epoch, "images_per_epoch": n_epoch}
-        if budget_note is not None:
+        budget_note = None
+        if budget_info is not None:
             run_info["time_budget_probe"] = budget_info
+            budget_note = (f"--time-budget {cfg.time_budget:g} min: {cfg.epochs} epochs of about "
+                           f"{budget_info['epoch_s']:.1f} s ({budget_info['step_s'] * 1000:.0f} ms a step, "
+                           f"measured before the run)")
         _write_atomic(run_dir / "config.json", json.dumps(run_info, indent=1, default=str).encode())
         print(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f} M parameters), {splits.label_set} "
               f"({num_classes} classes); train {len(splits.train)} / val {len(splits.val)} images; "

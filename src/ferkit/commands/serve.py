@@ -58,7 +58,7 @@ def run(args) -> int:
         import uvicorn
     except ImportError as e:
         raise FerkitError(f"`ferkit serve` needs the serve extra ({e.name} is missing): pip install 'ferkit[serve]'") from None
-    from ..server.settings import MAX_REQUESTS_ENV, MB, SETTINGS_ENV, ServerSettings, default_data_dir
+    from ..server.settings import MB, SETTINGS_ENV, ServerSettings, default_data_dir
 
     if not 0 < args.port < 65536:
         raise FerkitError(f"--port must be 1-65535, got {args.port}")
@@ -72,6 +72,7 @@ def run(args) -> int:
         max_upload_bytes=int(args.max_upload_mb * MB), max_pixels=int(args.max_megapixels * 1_000_000),
         url_timeout_s=args.url_timeout, model=args.model, detector=args.detector, analyzer=args.analyzer,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, cleanup_interval_s=args.cleanup_interval,
+        max_requests=args.max_requests,
     )
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,8 +81,6 @@ def run(args) -> int:
 
     from ..server.analysis import check_analyzer_settings, load_analyzer
 
-    if args.max_requests < 0:
-        raise FerkitError(f"--max-requests must be 0 (never restart) or positive, got {args.max_requests}")
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     common = dict(host=args.host, port=args.port, log_level=args.log_level, server_header=False,
                   timeout_graceful_shutdown=10)
@@ -108,7 +107,6 @@ def run(args) -> int:
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SETTINGS_ENV] = settings.to_json()
-    os.environ[MAX_REQUESTS_ENV] = str(args.max_requests)
     config = uvicorn.Config(
         "ferkit.server.app:app_from_env", factory=True, workers=args.workers,
         limit_max_requests=args.max_requests or None,

@@ -37,7 +37,7 @@ from .fetch import UrlFetcher
 from .imaging import decode_image, encode_png, extension_for, face_thumbnail, fit_within
 from .schemas import (AnalysisOut, AnalyzeUrlRequest, ErrorOut, FaceOut, HealthOut, ResultsPage,
                       ResultSummary)
-from .settings import MAX_REQUESTS_ENV, ServerSettings
+from .settings import ServerSettings
 from .store import ResultStore, StoredResult, valid_id
 
 log = logging.getLogger("ferkit.server")
@@ -634,11 +634,11 @@ class CloseBeforeRecycling:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for supervised workers: settings from ``$FERKIT_SERVE_SETTINGS``; each worker process
-    loads the model once at start-up. With ``$FERKIT_SERVE_MAX_REQUESTS`` (set by ``ferkit serve
-    --max-requests``) responses close their connection once the worker is due to be recycled."""
+    loads the model once at start-up. With ``max_requests`` set (``ferkit serve --max-requests``) responses
+    close their connection once the worker is due to be recycled."""
     _die_with_parent()
-    app = create_app(ServerSettings.from_env())
-    limit = int(os.environ.get(MAX_REQUESTS_ENV, "0") or 0)
-    if limit > 0:
-        app.add_middleware(CloseBeforeRecycling, limit=limit)
+    settings = ServerSettings.from_env()
+    app = create_app(settings)
+    if settings.max_requests > 0:
+        app.add_middleware(CloseBeforeRecycling, limit=settings.max_requests)
     return app

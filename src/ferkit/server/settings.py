@@ -14,7 +14,6 @@ from typing import Any
 from ..errors import FerkitError
 
 SETTINGS_ENV = "FERKIT_SERVE_SETTINGS"
-MAX_REQUESTS_ENV = "FERKIT_SERVE_MAX_REQUESTS"  # --max-requests, for the workers (see app.CloseBeforeRecycling)
 DATA_DIR_ENV = "FERKIT_SERVER_DATA"
 
 MB = 1024 * 1024
@@ -49,6 +48,8 @@ class ServerSettings:
     - ``cleanup_interval_s``: how often expired images are swept (also swept, throttled, on requests).
     - ``annotated_max_side``: the annotated PNG is downscaled so its longer side is at most this many pixels.
     - ``thumbnail_size``: side of the square face thumbnails, pixels.
+    - ``max_requests``: a supervised worker is restarted after about this many requests (0 = never); from
+      that request on its responses close their connection (see ``app.CloseBeforeRecycling``).
     """
 
     data_dir: Path = field(default_factory=default_data_dir)
@@ -67,6 +68,7 @@ class ServerSettings:
     cleanup_interval_s: float = 600.0
     annotated_max_side: int = 2048
     thumbnail_size: int = 128
+    max_requests: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -84,6 +86,8 @@ class ServerSettings:
             raise FerkitError(f"max concurrency must be at least 1, got {self.max_concurrency}")
         if self.max_queue < 0:
             raise FerkitError(f"the queue limit cannot be negative, got {self.max_queue}")
+        if self.max_requests < 0:
+            raise FerkitError(f"--max-requests must be 0 (never restart) or positive, got {self.max_requests}")
         if not self.cleanup_interval_s > 0:
             raise FerkitError(f"the cleanup interval must be positive, got {self.cleanup_interval_s}")
 
