@@ -3,6 +3,7 @@
     python benchmarks/bench_vs_fer.py                         # PublicTest + PrivateTest, ~1-2 minutes
     python benchmarks/bench_vs_fer.py --limit 500 --threads 1 # quick look
     python benchmarks/bench_vs_fer.py --no-fer                # ferkit rows only
+    python benchmarks/bench_vs_fer.py --no-faces-dev          # FER2013 crops only (skip the real photos)
 
 Both models see the same faces: the 48x48 FER2013 crops of PublicTest and PrivateTest exactly as stored
 in the CSV (``--csv``, default ``../shared/data/fer2013/fer2013.csv.gz``, read with
@@ -32,6 +33,25 @@ on the same split in the same run. All engines use ``--threads`` threads. With F
 majority vote of 10 annotators, on the faces where it is clear (FER2013's single labels are noisy: the two
 agree on about two images in three).
 
+Real photos, end to end (faces-dev, ``../shared/data/faces-dev``, or ``--faces-dev DIR``; skipped with a line
+when the folder is absent): every photo goes through each package's whole pipeline as its user calls it, face
+detection included, and the largest face found counts (a photo without a face counts as wrong):
+
+- **ferkit**: ``ferkit.analyze(photo, model=--model)`` (YuNet, the measured crop, eye alignment, the bundled
+  default model).
+- **fer**: ``fer.fer.FER().detect_emotions(photo)`` with fer's defaults (OpenCV's Haar cascade, minimum face
+  50 px, the quantized tflite model); fer rounds its scores to two decimals, and its top emotion is the first
+  of the highest (``max`` over its dict, as ``FER.top_emotion`` does).
+- **fer on ferkit's faces**: fer's classifier given ferkit's YuNet box (``detect_emotions(photo,
+  face_rectangles=[box])``), which separates what fer loses in detection from what it loses in classification;
+  its time column is "-" (the detection is ferkit's).
+
+Columns: photos with a face, accuracy and macro-F1 over the classes present (faces-dev has no fear photo; a
+"fear" answer counts as wrong), the same on the photos where that pipeline found a face, milliseconds per photo
+(reading excluded, detection included; one pass), and the difference to fer with a 95% paired bootstrap
+interval over photos. faces-dev's labels are crowd-sourced and noisy, and ferkit's crop and alignment defaults
+were chosen on it, so ferkit's row there is slightly optimistic.
+
 Caveat on fer's numbers: fer credits its model to oarriaga/face_classification, whose training script
 (``train_emotion_classifier.py`` with ``split_data(validation_split=0.2)``, no shuffle) trains on the first
 80% of fer2013.csv's rows (= Training) and keeps the checkpoint with the best loss on the last 20%
@@ -41,8 +61,9 @@ PrivateTest, which flatters its PrivateTest row a little; ferkit's models are se
 fer's optional dependencies (the ``benchmarks`` extra; ``fer`` itself with ``--no-deps`` because its own
 dependency list pulls facenet-pytorch, which would replace the project's torch):
 
-    pip install "tensorflow-cpu==2.21.0" && pip install --no-deps "fer==25.10.3"
+    pip install "tensorflow-cpu==2.21.0" "setuptools<82" && pip install --no-deps "fer==25.10.3"
 
+(``fer.fer`` imports ``pkg_resources``, which setuptools 82 removed; only the real-photo rows import it.)
 Without them the fer rows are skipped with a line saying why, and ferkit's rows are still printed.
 """
 from __future__ import annotations
@@ -79,7 +100,7 @@ SPLITS = ("PublicTest", "PrivateTest")
 BATCH = 64
 # fer.FER._get_labels(): output column i of fer's models is this emotion
 FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FER_INSTALL = 'pip install "tensorflow-cpu==2.21.0" && pip install --no-deps "fer==25.10.3"'
+FER_INSTALL = 'pip install "tensorflow-cpu==2.21.0" "setuptools<82" && pip install --no-deps "fer==25.10.3"'
 BASELINE = "fer (keras)"
 
 
@@ -311,6 +332,146 @@ def ferplus_labels(args, data, splits_wanted: list[str]) -> dict[str, np.ndarray
     return out
 
 
+# -- real photos, end to end (faces-dev) ---------------------------------------------------------------
+
+@dataclass
+class PhotoEngine:
+    """One whole pipeline: ``analyze`` maps a BGR photo to the FER2013 id of its largest face (-1: no face).
+
+    ``timed``: whether its milliseconds per photo mean something (False when it reuses another's detection)."""
+
+    name: str
+    description: str
+    analyze: Callable[[np.ndarray], int]
+    timed: bool = True
+
+
+def default_faces_dev() -> Path:
+    return DATA / "faces-dev"
+
+
+def ferkit_photo_engine(model: str | None, threads: int) -> tuple[PhotoEngine, Callable[[np.ndarray], list]]:
+    """ferkit.analyze as a user calls it; also returns the analyzer's detect step (for fer on ferkit's faces)."""
+    from ferkit.pipeline import get_analyzer
+
+    analyzer = get_analyzer(model, threads=threads)
+    labels = tuple(analyzer.labels)
+    to_fer = label_map(labels, f"ferkit model {model or 'default'}")
+
+    def analyze(photo: np.ndarray) -> int:
+        faces = analyzer.analyze(photo)  # largest face first
+        return int(to_fer[labels.index(faces[0].emotion)]) if faces else -1
+
+    desc = (f"ferkit (photos): ferkit.analyze(photo, model={model or 'None'}): detector "
+            f"{type(analyzer.detector).__name__}, model {analyzer.classifier.path.name}, {threads} threads")
+    return PhotoEngine("ferkit", desc, analyze), analyzer.detect
+
+
+def fer_top_emotion(found: list[dict]) -> int:
+    """fer's ``detect_emotions`` output -> the FER2013 id of the largest face's top emotion (-1: no face).
+
+    The top emotion is the first of the highest scores in fer's dict order (``max``, as ``FER.top_emotion``);
+    fer's scores are rounded to two decimals, so ties happen."""
+    if not found:
+        return -1
+    face = max(found, key=lambda f: int(f["box"][2]) * int(f["box"][3]))  # the first of the largest
+    scores = face["emotions"]
+    return EMOTIONS.index(max(scores, key=scores.get))
+
+
+def fer_photo_engines(threads: int, ferkit_detect: Callable[[np.ndarray], list] | None) -> list[PhotoEngine]:
+    """fer.FER() with its defaults, and (given ferkit's detect step) fer's classifier on ferkit's face boxes."""
+    fer_data_dir()
+    import_tensorflow(threads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pkg_resources deprecation notice
+            from fer.fer import FER
+    except Exception as e:  # noqa: BLE001 - e.g. no pkg_resources: say so, ferkit's rows still come
+        raise BackendUnavailable(f"fer.fer failed to import ({type(e).__name__}: {e}); install: {FER_INSTALL}")
+    import logging
+
+    logging.getLogger("fer").setLevel(logging.ERROR)  # fer logs a warning for every failed resize
+    detector = FER()
+
+    engines = [PhotoEngine("fer", "fer (photos): fer.fer.FER() defaults (Haar cascade, min face 50 px, "
+                                  "quantized tflite model), detect_emotions(photo)",
+                           lambda photo: fer_top_emotion(detector.detect_emotions(photo)))]
+    if ferkit_detect is not None:
+        def on_ferkit_faces(photo: np.ndarray) -> int:
+            dets = ferkit_detect(photo)
+            if not dets:
+                return -1
+            x, y, w, h = (int(v) for v in dets[0].clipped(photo.shape[1], photo.shape[0]))  # ferkit's largest face
+            return fer_top_emotion(detector.detect_emotions(photo, face_rectangles=[(x, y, w, h)]))
+
+        engines.append(PhotoEngine("fer on ferkit's faces", "fer on ferkit's faces: fer's classifier and framing "
+                                   "(FER.detect_emotions with face_rectangles) on ferkit's detector boxes",
+                                   on_ferkit_faces, timed=False))
+    return engines
+
+
+def evaluate_photos(engines: list[PhotoEngine], photos: list[np.ndarray], y: np.ndarray) -> list[list[str]]:
+    """One table row per engine: found, accuracy/macro-F1 (all photos and photos with a face), ms per photo,
+    and accuracy/macro-F1 minus fer's with 95% paired bootstrap intervals."""
+    from types import SimpleNamespace
+
+    from eval_faces_dev import Scorer
+
+    scorer = Scorer(SimpleNamespace(labels=EMOTIONS, label_set=None), y)
+    preds, ms = {}, {}
+    for e in engines:
+        e.analyze(photos[0])  # warm-up
+        t0 = time.perf_counter()
+        preds[e.name] = np.array([e.analyze(p) for p in photos], dtype=np.int64)
+        ms[e.name] = (time.perf_counter() - t0) / len(photos) * 1e3
+    rows = []
+    for e in engines:
+        pred = preds[e.name]
+        found = pred >= 0
+        acc, f1, _ = scorer.score(pred)
+        acc_f, f1_f, n_f = scorer.score(pred, found)
+        vs = "-" if "fer" not in preds or e.name == "fer" else scorer.delta(pred, preds["fer"])
+        rows.append([e.name + (" (baseline)" if e.name == "fer" else ""), f"{len(photos):,}", f"{found.mean():.1%}",
+                     f"{acc:.1%}", f"{f1:.3f}", f"{acc_f:.1%} ({n_f:,})", f"{f1_f:.3f}",
+                     f"{ms[e.name]:.1f}" if e.timed else "-", vs])
+    return rows
+
+
+def run_faces_dev(args) -> list[list[str]] | None:
+    """The real-photo table (printed), or None when skipped."""
+    from eval_faces_dev import load_faces_dev
+
+    root = Path(args.faces_dev) if args.faces_dev else default_faces_dev()
+    if not (root / "labels.csv").is_file():
+        print(f"\nfaces-dev not found at {root} (no labels.csv): real-photo rows skipped")
+        return None
+    photos, y, _ = load_faces_dev(root, args.limit)
+    if not photos:
+        print(f"\nfaces-dev at {root} has no readable photo: real-photo rows skipped")
+        return None
+    engine, detect = ferkit_photo_engine(args.model, args.threads)
+    engines = [engine]
+    if not args.no_fer:
+        try:
+            engines += fer_photo_engines(args.threads, detect)
+        except BackendUnavailable as e:
+            print(f"\nfer real-photo rows skipped: {e}")
+    print()
+    for e in engines:
+        print(f"- {e.description}")
+    rows = evaluate_photos(engines, photos, y)
+    present = sorted(set(int(v) for v in y))
+    _table.print_table(
+        f"Real photos end to end: faces-dev, {root} ({len(photos):,} photos"
+        + (f", first {args.limit} (--limit)" if args.limit else "")
+        + f"; macro-F1 over the {len(present)} classes present); each package's whole pipeline, the largest face",
+        ["pipeline", "photos", "face found", "accuracy", "macro-F1", "accuracy (face found)",
+         "macro-F1 (face found)", "ms / photo", "vs fer: d accuracy [95% CI] / d macro-F1 [95% CI] (points)"],
+        rows)
+    return rows
+
+
 def print_table(title: str, rows: list[Row]) -> None:
     with_fp = any(r.accuracy_ferplus is not None for r in rows)
     headers = ["model", "split", "faces", "accuracy", "macro-F1", "faces/s (batch 64)", "speed vs fer",
@@ -341,6 +502,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ferplus", default=None,
                     help="FER+ fer2013new.csv: also score every model against the FER+ majority vote "
                          "(default: fer2013new.csv next to --csv, if it is there)")
+    ap.add_argument("--faces-dev", default=None, metavar="DIR",
+                    help="real photos with labels.csv for the end-to-end rows (default: $FERKIT_DATA_DIR/faces-dev "
+                         "or ../shared/data/faces-dev; skipped with a line when absent)")
+    ap.add_argument("--no-faces-dev", action="store_true", help="skip the real-photo rows")
     ap.add_argument("--json", default=None, help="also write the rows and the setup to this JSON file")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.rounds < 1 or (args.limit is not None and args.limit < 1):
@@ -403,11 +568,20 @@ def main(argv=None) -> int:
               "(see this script's docstring); ferkit's on PublicTest only.")
     if skipped and not args.no_fer:
         print(f"\n(fer's column incomplete: install its optional dependencies with: {FER_INSTALL})")
+    photo_rows = None
+    if args.no_faces_dev:
+        print("\nreal-photo rows skipped (--no-faces-dev)")
+    else:
+        try:
+            photo_rows = run_faces_dev(args)
+        except FerkitError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.json:
         payload = {
             "csv": str(args.csv), "sha256": data.sha256, "limit": args.limit, "threads": args.threads,
             "rounds": args.rounds, "engines": [e.description for e in engines], "skipped": skipped,
-            "rows": [asdict(r) for r in rows],
+            "rows": [asdict(r) for r in rows], "faces_dev_rows": photo_rows,
         }
         Path(args.json).write_text(json.dumps(payload, indent=2))
     return 0
