@@ -439,10 +439,14 @@ def test_models_bundled_lists_single_models_and_ensembles(tiny_run, second_run, 
         ckpt = load_checkpoint(run / "best.pt")
         ckpt["config"] = {**ckpt["config"], "ferplus": "fer2013new.csv", "ferplus_mode": mode}
         export_onnx(ckpt, assets / f"{name}.onnx")
+    from ferkit.quantize import quantize_onnx
+
+    quantize_onnx(onnx_path, assets / "small.onnx", data=csv, n_images=40)
     monkeypatch.setattr(runtime, "ASSETS_DIR", assets)
     assert cli_main(["models", "--bundled", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capfd.readouterr().out)}
-    assert sorted(rows) == ["accurate", "blend", "default", "soft"]
+    assert sorted(rows) == ["accurate", "blend", "default", "small", "soft"]
+    assert rows["small"]["weights"] == "int8" and rows["default"]["weights"] == "float32"
     assert rows["blend"]["training"] == "FER2013 + FER+ votes" and rows["soft"]["training"] == "FER+ votes"
     assert rows["accurate"]["arch"] == "ensemble of 2: _test_tiny_bn, _test_tiny_bn" and rows["accurate"]["tta"] == "flip"
     assert rows["default"]["arch"] == "_test_tiny_bn" and rows["default"]["tta"] == "none"
@@ -602,6 +606,79 @@ def test_cli_export_combines_onnx_models_and_splits_ensembles(exported_pair, tin
         assert message in capfd.readouterr().err
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "s").exists()
 
+
+
+# -- int8 quantization ---------------------------------------------------------------------------------
+
+def test_quantize_int8_keeps_the_metadata_calibrates_on_training_and_agrees_with_the_source(tiny_run, tmp_path,
+                                                                                          capfd):
+    from ferkit.data.fer2013 import load_fer2013
+    from ferkit.quantize import calibration_faces
+
+    csv, _, source, _ = tiny_run
+    out = tmp_path / "q.onnx"
+    rc = cli_main(["export", str(source), "--quantize", "int8", "--data", str(csv), "--calibration-images", "100",
+                   "--out", str(out), "--json"])
+    info = json.loads(capfd.readouterr().out)
+    assert rc == 0 and out.is_file() and info["path"] == str(out)
+    graph_ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= graph_ops
+    src_clf, q_clf = EmotionClassifier(source), EmotionClassifier(out)
+    for key in ("labels", "label_set", "preprocess", "input_size", "tta", "arch", "arch_kwargs"):
+        assert q_clf.metadata[key] == src_clf.metadata[key], key
+    quant = q_clf.metadata["provenance"]["quantization"]
+    data = load_fer2013(csv)
+    assert quant["mode"] == "int8" and quant["calibration"]["split"] == "Training"
+    assert quant["calibration"]["images"] == 100 and quant["calibration"]["data_sha256"] == data.sha256
+    assert q_clf.metadata["provenance"]["data"] == src_clf.metadata["provenance"]["data"]
+    # the int8 model answers like its source on faces it was not calibrated on
+    faces = data.images[data.split("PublicTest")]
+    agree = float((q_clf.predict(faces) == src_clf.predict(faces)).mean())
+    assert agree >= 0.85 and info["agreement"] >= 0.97
+    # calibration draws from the Training rows only, never from a test split (asking for more takes them all)
+    calib, meta = calibration_faces(csv, 10_000, seed=3)
+    train = data.images[data.split("Training")]
+    assert meta["images"] == len(train) == len(calib)
+    assert sorted(map(bytes, calib)) == sorted(map(bytes, train))
+
+
+def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported_pair, tmp_path, capfd):
+    from ferkit.onnx_ensemble import combine_onnx
+    from ferkit.quantize import quantize_onnx
+
+    csv, _, source, _ = tiny_run
+    out = tmp_path / "q.onnx"
+    # another data file than the model's: its Training faces are not the ones the model learnt from
+    other = make_fer_csv(tmp_path / "other.csv", n_per_split=(30, 5, 5), seed=9)
+    with pytest.raises(FerkitError, match="not the data file"):
+        quantize_onnx(source, out, data=other)
+    # a check the int8 file cannot pass: nothing is written, no temporary file is left
+    with pytest.raises(FerkitError, match="agrees with"):
+        quantize_onnx(source, out, data=csv, n_images=50, min_agreement=1.01)
+    assert not out.exists() and list(tmp_path.glob("*.onnx")) == []
+    quantize_onnx(source, out, data=csv, n_images=50)
+    with pytest.raises(FerkitError, match="already quantized"):
+        quantize_onnx(out, tmp_path / "qq.onnx", data=csv)
+    half = combine_onnx(list(exported_pair[:2]), tmp_path / "half.onnx", half=True)["path"]
+    with pytest.raises(FerkitError, match="float16"):
+        quantize_onnx(half, tmp_path / "qh.onnx", data=csv)
+    with pytest.raises(FerkitError, match="positive integer"):
+        quantize_onnx(source, tmp_path / "q0.onnx", data=csv, n_images=0)
+    capfd.readouterr()
+    x = str(tmp_path / "x.onnx")
+    for argv, message in (
+        (["export", str(source), "--quantize", "int8", "--out", x], "needs --data"),
+        (["export", str(source), "--quantize", "int8", "--data", str(csv), "--out", x, "--half"], "no --half"),
+        (["export", str(tiny_run[1]), "--quantize", "int8", "--data", str(csv), "--out", x], "one exported model"),
+        (["export", str(source), str(source), "--quantize", "int8", "--data", str(csv), "--out", x],
+         "one exported model"),
+        (["export", str(source), "--data", str(csv), "--out", x], "are for --quantize"),
+        (["export", str(source), "--quantize", "int8", "--data", str(tmp_path / "missing.csv"), "--out", x],
+         "missing.csv"),
+    ):
+        assert cli_main(argv) == 2, argv
+        assert message in capfd.readouterr().err, argv
+    assert not Path(x).exists()
 
 def test_greedy_select_adds_members_only_while_publictest_improves():
     from ferkit.ensemble import greedy_select
@@ -787,6 +864,16 @@ def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp
     assert f"| PrivateTest | {expected['n']} | {100 * expected['accuracy']:.2f}% |" in card
     assert "epoch 1 of" in card and "ferkit train ..." in card and "PrivateTest was not used" in card
     assert (tmp_path / "single" / "privatetest" / "confusion_matrix.png").is_file()
+    assert "- Weights: int8" not in card
+    # an int8 model's card says what it was quantized from and on which faces, and scores the int8 model
+    from ferkit.quantize import quantize_onnx
+
+    quantize_onnx(onnx_path, tmp_path / "q.onnx", data=csv, n_images=60, seed=2)
+    card = write_model_card(tmp_path / "q.onnx", csv, tmp_path / "q").read_text()
+    assert f"- Weights: int8 (QDQ: uint8 activations, int8 per channel, 7-bit range weights), quantized from `{onnx_path}`" in card
+    assert "scales from 60 random Training faces (seed 2)" in card
+    q_eval = evaluate(tmp_path / "q.onnx", str(csv), split="PrivateTest")
+    assert f"| PrivateTest | {q_eval['n']} | {100 * q_eval['accuracy']:.2f}% |" in card
 
     export_ensemble([run, second_run], tmp_path / "ens.onnx")
     card = write_model_card(tmp_path / "ens.onnx", csv, tmp_path / "ens").read_text()

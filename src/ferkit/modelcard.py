@@ -62,6 +62,18 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
     ]
 
 
+def _quantization_lines(prov: dict) -> list[str]:
+    """One line for an int8 model (``ferkit export --quantize``): what it was quantized from and on what."""
+    q = prov.get("quantization")
+    if not q:
+        return []
+    cal = q.get("calibration") or {}
+    return [f"- Weights: {q.get('mode')} ({q.get('format')}: {q.get('activations')} activations, {q.get('weights')} "
+            f"weights), quantized from `{q.get('source')}` (sha256 `{str(q.get('source_sha256'))[:16]}...`) with "
+            f"onnxruntime {q.get('onnxruntime')}, {cal.get('method')} scales from {cal.get('images')} random "
+            f"{cal.get('split')} faces (seed {cal.get('seed')}); every figure below is the int8 model's"]
+
+
 def _ema_text(cfg: dict) -> str:
     return f", weight average (EMA) {cfg['ema']}" if cfg.get("ema") else ""
 
@@ -178,6 +190,7 @@ def write_model_card(
         f"- Labels ({meta.get('label_set')}): {', '.join(labels)}",
         f"- Input: {meta.get('input_size')}x{meta.get('input_size')} gray face crop, preprocessing {json.dumps(meta.get('preprocess'))}",
         f"- Test-time augmentation used by default (and in every figure below): `{meta.get('tta')}`",
+        *_quantization_lines(prov),
         "",
         *(_ensemble_sections(meta, prov, notes) if meta.get("arch") == "ensemble" else _single_sections(meta, prov, cfg, notes)),
         "Reproduce:",

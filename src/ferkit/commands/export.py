@@ -4,7 +4,8 @@ Several runs (``ferkit export RUN_A RUN_B ... --out accurate.onnx``) give one en
 probabilities are the (weighted) mean of the members'. Exported models (``.onnx`` files or bundled names)
 combine the same way without their checkpoints (``ferkit export accurate runs/b.onnx --out e.onnx --half``),
 and ``ferkit export accurate --split DIR`` writes an ensemble's members as files of their own
-(:mod:`ferkit.onnx_ensemble`)."""
+(:mod:`ferkit.onnx_ensemble`). ``ferkit export default --quantize int8 --data fer2013.csv.gz --out d8.onnx``
+writes an exported model's int8 quantization, calibrated on Training faces (:mod:`ferkit.quantize`)."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,13 @@ def register(subparsers) -> None:
                    help="with .onnx members: store the weights as float16 (half the file; inference stays float32)")
     p.add_argument("--split", metavar="DIR",
                    help="write each member of one ensemble .onnx as its own .onnx in DIR (instead of --out)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="with one exported model: write its static int8 quantization (onnxruntime QDQ; about 1.8x "
+                        "faster on a 2-core AVX2 CPU), calibrated on Training faces of --data")
+    p.add_argument("--data", help="--quantize: the FER2013 CSV the model was trained on (its Training split calibrates)")
+    p.add_argument("--calibration-images", type=int, default=1024, metavar="N",
+                   help="--quantize: random Training faces for the int8 scales (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="--quantize: seed of the calibration sample (default 0)")
     p.add_argument("--opset", type=int, default=17, help="minimum ONNX opset (the dynamo exporter writes 18)")
     p.add_argument("--tta", choices=("none", "flip", "tencrop"), default=None,
                    help="the model's default test-time augmentation, stored in its metadata "
@@ -58,6 +66,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
+    if args.quantize:
+        if len(args.run) != 1 or not onnx_in[0]:
+            raise FerkitError("--quantize takes one exported model (.onnx or bundled name); export a run first")
+        if args.half or args.weights or args.tta or args.exporter != "auto" or args.opset != 17:
+            raise FerkitError("--quantize keeps the model's graph, weights' source and TTA: no --half, --weights, "
+                              "--tta, --exporter or --opset with it")
+        if not args.data:
+            raise FerkitError("--quantize needs --data FER2013.csv: the Training faces that set the int8 scales")
+        from ..quantize import quantize_onnx
+
+        info = quantize_onnx(args.run[0], args.out, data=args.data, mode=args.quantize,
+                             n_images=args.calibration_images, seed=args.seed)
+        cal = info["metadata"]["provenance"]["quantization"]["calibration"]
+        summary = (f"int8 (QDQ, {info['quantized_nodes']} dequantized tensors) of {info['source']}, calibrated on "
+                   f"{cal['images']} Training faces (seed {cal['seed']}); top-1 agreement with the source on them "
+                   f"{info['agreement']:.2%}, max |p - p_source| = {info['max_prob_diff']:.3f}")
+        return _report(info, summary, args.json)
+    if args.data or args.calibration_images != 1024 or args.seed != 0:
+        raise FerkitError("--data, --calibration-images and --seed are for --quantize")
     if any(onnx_in):
         if not all(onnx_in):
             raise FerkitError("give either training runs or exported .onnx models, not both "
