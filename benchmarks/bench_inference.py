@@ -9,7 +9,9 @@ Prints:
    baseline is batch 1;
 3. end-to-end milliseconds per 640x480 frame (read nothing from disk: detect, crop, classify) with 1 and
    with 5 real faces (faces-dev photos pasted into a gray canvas; skipped when faces-dev is absent), for
-   each detector; the baseline is the Haar cascade path (target >= 30 frames/s with one face);
+   each detector and for YuNet on frames downscaled to 480, 400 and 320 pixels (``--detect-size``); the
+   baseline is the Haar cascade path (target >= 30 frames/s with one face); then what the smaller
+   detection sizes cost: the share of faces of 40, 60 and 90 pixels that YuNet still finds;
 4. peak resident memory (RSS) of a ``ferkit predict`` process on 20 photos and on a 640x480 video of
    60 and 600 frames (flat memory: the long video should cost no more than the short one), against a
    bare ``python -c "import torch"`` as the baseline (target < 300 MB).
@@ -113,6 +115,40 @@ def make_frame(photos: list[Path], n_faces: int, rng) -> np.ndarray:
     return frame
 
 
+DETECT_SIZES = (480, 400, 320)  # --detect-size values timed beside the full-size detection
+SMALL_FACE_PX = (40, 60, 90)
+
+
+def small_faces_table(n_photos: int) -> None:
+    """What a smaller --detect-size costs: YuNet's hit rate on faces of 40, 60 and 90 pixels in 640x480 frames.
+
+    Each of ``n_photos`` faces-dev photos (a face fills about 250 of its 350 pixels) is pasted alone into a
+    gray 640x480 frame, scaled so the face is about that size, at a position that varies with the photo."""
+    from ferkit.faces import detect_faces, get_detector
+    from ferkit.io import read_image
+
+    if not (FACES_DEV / "labels.csv").is_file():
+        print("\nfaces-dev not found: the small-face table is skipped")
+        return
+    rows = list(csv.DictReader(open(FACES_DEV / "labels.csv")))
+    photos = [read_image(FACES_DEV / r["file"]) for r in rows[::max(1, len(rows) // n_photos)][:n_photos]]
+    det = get_detector("yunet")
+    sizes = (640,) + DETECT_SIZES
+    out = []
+    for face_px in SMALL_FACE_PX:
+        found = dict.fromkeys(sizes, 0)
+        for i, photo in enumerate(photos):
+            frame = np.full((480, 640, 3), 110, np.uint8)
+            s = int(round(face_px * 350 / 250))
+            x, y = 100 + (i * 37) % 300, 80 + (i * 53) % 200
+            frame[y:y + s, x:x + s] = cv2.resize(photo, (s, s), interpolation=cv2.INTER_AREA)
+            for side in sizes:
+                found[side] += bool(detect_faces(frame, det, max_side=side))
+        out.append((f"~{face_px} px", len(photos), *(f"{found[k] / len(photos):.1%}" for k in sizes)))
+    table("YuNet: frames whose one face is found, by face size and detection size (640 = full size, the baseline)",
+          ["face", "frames", *(f"detect-size {k}" + (" (baseline)" if k == 640 else "") for k in sizes)], out)
+
+
 def write_video(path: Path, frames: int, base: np.ndarray) -> None:
     vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (640, 480))
     for i in range(frames):
@@ -127,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=40)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-import", action="store_true")
+    ap.add_argument("--skip-small-faces", action="store_true", help="skip the detection-size table")
+    ap.add_argument("--small-faces-photos", type=int, default=150, help="frames per face size in that table")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; python {sys.version.split()[0]}; "
@@ -187,9 +225,10 @@ def main(argv=None) -> int:
     else:
         print("\nfaces-dev not found: end-to-end frames with real faces skipped")
     results = {}
-    configs = [("haar", "haar", None), ("haar, no padding", "haar", 0.0), ("yunet", "yunet", None)]
-    for label, det, pad in [c for c in configs if c[1] in available_detectors()]:
-        a = Analyzer(clf, detector=det, pad=pad)
+    configs = [("haar", "haar", None, None), ("haar, no padding", "haar", 0.0, None), ("yunet", "yunet", None, None)]
+    configs += [(f"yunet, detect-size {n}", "yunet", None, n) for n in DETECT_SIZES]
+    for label, det, pad, size in [c for c in configs if c[1] in available_detectors()]:
+        a = Analyzer(clf, detector=det, pad=pad, **({"max_side": size} if size else {}))
         for n, frame in frames.items():
             found = len(a.analyze(frame))
             t_total = median_time(lambda: a.analyze(frame), args.repeat)
@@ -208,6 +247,8 @@ def main(argv=None) -> int:
         table("End to end per 640x480 frame (detect + crop + classify; faces-dev photos pasted in)",
               ["detector", "faces", "found", "ms/frame", "frames/s", "detect ms", "crop+classify ms",
                "speed vs haar", ">= 30 fps (1 face)"], rows)
+    if "yunet" in available_detectors() and not args.skip_small_faces:
+        small_faces_table(args.small_faces_photos)
 
     # 4. peak memory
     if not args.skip_memory:

@@ -182,3 +182,35 @@ def test_live_window_needs_gui_or_headless(clip, capsys, model_path):  # noqa: F
         pass
     rc = cli_main(["live", "--source", str(clip), "--max-frames", "2", "--model", str(model_path)])
     assert rc == 2 and "--headless" in capsys.readouterr().err
+
+
+def test_detect_size_reaches_the_detector_with_its_own_default_for_live(clip, capsys, monkeypatch, tmp_path,
+                                                                        model_path):  # noqa: F811
+    from ferkit.cli import build_parser
+    from ferkit.commands.predict import build_analyzer
+    from ferkit.faces import DEFAULT_MAX_SIDE
+
+    parser = build_parser()
+    # photos and videos keep the detectors' full default size; the live camera detects on 400-pixel frames
+    assert parser.parse_args(["predict", "x.jpg"]).detect_size == DEFAULT_MAX_SIDE
+    assert parser.parse_args(["live"]).detect_size == 400
+    assert build_analyzer(parser.parse_args(["live", "--model", str(model_path)])).max_side == 400
+    assert build_analyzer(parser.parse_args(["predict", "x.jpg", "--model", str(model_path),
+                                             "--detect-size", "0"])).max_side is None
+    # every frame of the live loop goes to detection with that size
+    seen = []
+    real_detect = pipeline.detect_faces
+
+    def spy(image, detector, **kw):
+        seen.append(kw.get("max_side"))
+        return real_detect(image, detector, **kw)
+
+    monkeypatch.setattr(pipeline, "detect_faces", spy)
+    rc = cli_main(["live", "--source", str(clip), "--headless", "--max-frames", "3", "--model", str(model_path),
+                   "--detect-size", "80"])
+    assert rc == 0 and seen == [80, 80, 80]
+    capsys.readouterr()
+    for bad in ("-1", "10", "63"):
+        for cmd in (["live", "--source", str(clip), "--headless"], ["predict", str(clip)]):
+            rc = cli_main(cmd + ["--model", str(model_path), "--detect-size", bad])
+            assert rc == 2 and "--detect-size must be 0 (full size) or at least 64" in capsys.readouterr().err

@@ -11,6 +11,10 @@ import sys
 from .predict import add_analyzer_options
 
 WINDOW = "ferkit live (q to quit)"
+#: the live default for --detect-size: YuNet costs about 70 ms on a 640x480 frame on a 2-core AMD EPYC (AVX2),
+#: 28 ms at 400 px (35 frames/s with one face), while faces of 60 px are still found 93% of the time (99% at
+#: full size) and faces of 90 px 99% (benchmarks/bench_inference.py, docs/bench_inference.txt)
+LIVE_DETECT_SIZE = 400
 
 
 def register(subparsers) -> None:
@@ -19,7 +23,7 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=int, default=None, metavar="N", help="camera index (default 0)")
     src.add_argument("--source", default=None, metavar="VIDEO", help="a video file instead of a camera")
-    add_analyzer_options(p)
+    add_analyzer_options(p, detect_size=LIVE_DETECT_SIZE)
     p.add_argument("--headless", action="store_true", help="no window: print one JSON object per face per line")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--save", default=None, metavar="FILE.mp4", help="also record the annotated stream")

@@ -13,8 +13,12 @@ import sys
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
 
 
-def add_analyzer_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``predict`` and ``live``: model, detector, face filters."""
+MIN_DETECT_SIZE = 64  # below this the detectors find next to nothing
+
+
+def add_analyzer_options(p: argparse.ArgumentParser, detect_size: int = 960) -> None:  # 960 = faces.DEFAULT_MAX_SIDE
+    """Options shared by ``predict`` and ``live``: model, detector, face filters, detection size (its default
+    differs: 960 for photos and videos, smaller for the live camera's frame rate)."""
     p.add_argument("--model", default=None, help="an .onnx written by `ferkit export`, or a bundled model name "
                                                  "(default: the bundled model)")
     p.add_argument("--detector", default="auto", choices=DETECTOR_CHOICES,
@@ -29,6 +33,9 @@ def add_analyzer_options(p: argparse.ArgumentParser) -> None:
     al.add_argument("--no-align", dest="align", action="store_false", help="never rotate faces")
     p.add_argument("--smoothing", type=float, default=0.3, metavar="S",
                    help="videos: half-life in seconds of the probability smoothing per face (0 = off)")
+    p.add_argument("--detect-size", type=int, default=detect_size, metavar="PIXELS",
+                   help="find faces on a copy downscaled so its longer side is at most PIXELS (0: full size; "
+                        f"default {detect_size}); smaller is faster but misses small faces (docs/inference.md)")
 
 
 def register(subparsers) -> None:
@@ -53,7 +60,7 @@ def build_analyzer(args):
     from ..pipeline import Analyzer
 
     return Analyzer(args.model, detector=args.detector, min_face=args.min_face, confidence=args.confidence,
-                    largest_only=args.largest, align=args.align)
+                    largest_only=args.largest, align=args.align, max_side=args.detect_size or None)
 
 
 def _check_args(args) -> None:
@@ -65,6 +72,9 @@ def _check_args(args) -> None:
         raise FerkitError(f"--confidence must be between 0 and 1, got {args.confidence}")
     if args.smoothing < 0:
         raise FerkitError(f"--smoothing must be >= 0 seconds, got {args.smoothing}")
+    if args.detect_size != 0 and args.detect_size < MIN_DETECT_SIZE:
+        raise FerkitError(f"--detect-size must be 0 (full size) or at least {MIN_DETECT_SIZE} pixels, "
+                          f"got {args.detect_size}")
     if getattr(args, "max_frames", None) is not None and args.max_frames < 0:
         raise FerkitError(f"--max-frames must be >= 0, got {args.max_frames}")
     if getattr(args, "stride", 1) < 1:
