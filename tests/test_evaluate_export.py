@@ -673,6 +673,9 @@ def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported
         (["export", str(source), str(source), "--quantize", "int8", "--data", str(csv), "--out", x],
          "one exported model"),
         (["export", str(source), "--data", str(csv), "--out", x], "are for --quantize"),
+        (["export", str(source), "--seed", "0", "--out", x], "are for --quantize"),
+        (["export", str(source), "--quantize", "int8", "--data", str(csv), "--calibration-images", "0", "--out", x],
+         "positive integer"),
         (["export", str(source), "--quantize", "int8", "--data", str(tmp_path / "missing.csv"), "--out", x],
          "missing.csv"),
     ):
