@@ -11,7 +11,7 @@ import sys
 from .predict import add_analyzer_options
 
 WINDOW = "ferkit live (q to quit)"
-#: the live default for --detect-size: YuNet costs about 70 ms on a 640x480 frame on a 2-core AMD EPYC (AVX2),
+#: the live default for --detect-size: YuNet costs 70-80 ms on a 640x480 frame on a 2-core AMD EPYC (AVX2),
 #: 28 ms at 400 px (35 frames/s with one face), while faces of 60 px are still found 93% of the time (99% at
 #: full size) and faces of 90 px 99% (benchmarks/bench_inference.py, docs/bench_inference.txt)
 LIVE_DETECT_SIZE = 400

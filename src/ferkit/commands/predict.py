@@ -13,7 +13,7 @@ import sys
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
 
 
-MIN_DETECT_SIZE = 64  # below this the detectors find next to nothing
+MIN_DETECT_SIZE = 64  # a floor against slips: at 64 px the faces of a 640x480 frame are a few pixels wide
 
 
 def add_analyzer_options(p: argparse.ArgumentParser, detect_size: int = 960) -> None:  # 960 = faces.DEFAULT_MAX_SIDE
