@@ -18,7 +18,6 @@ same, or nothing is written.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -33,14 +32,6 @@ from .runtime import resolve_model_path
 QUANT_MODES = ("int8",)
 DEFAULT_CALIBRATION_IMAGES = 1024
 MIN_AGREEMENT = 0.97
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def calibration_faces(data, n: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -73,13 +64,15 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
         raise FerkitError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANT_MODES)}")
     try:
         import onnx
+        import onnxruntime
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:  # pragma: no cover - onnx comes with the train extra
         raise FerkitError(f"quantization needs onnx and onnxruntime ({e}): pip install 'ferkit[train]'") from None
-    from .export import give_file_mode, set_ferkit_metadata
+    from .data.fer2013 import file_sha256
+    from .export import set_ferkit_metadata
     from .metrics import softmax
-    from .onnx_ensemble import _load, _out_path, _session
+    from .onnx_ensemble import _load, _out_path, _session, _write
 
     out = _out_path(out_path)
     source_path = resolve_model_path(model)
@@ -106,7 +99,6 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
         def get_next(self):
             return next(self._batches, None)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ferkit-quant-") as tmp_dir:
         tmp = Path(tmp_dir)
         quant_pre_process(str(source_path), str(tmp / "pre.onnx"))
@@ -119,20 +111,16 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
             raise FerkitError(f"onnxruntime quantized nothing in {source}; nothing was written")
         quantization = {
             "mode": mode, "format": "QDQ", "activations": "uint8", "weights": "int8 per channel, 7-bit range",
-            "calibration": {**calib, "method": "MinMax"}, "source": str(model), "source_sha256": _sha256(source_path),
-            "onnxruntime": __import__("onnxruntime").__version__,
+            "calibration": {**calib, "method": "MinMax"}, "source": str(model), "source_sha256": file_sha256(source_path),
+            "onnxruntime": onnxruntime.__version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         new_meta = {**meta, "provenance": {**prov, "quantization": quantization}}
         set_ferkit_metadata(qproto, new_meta)
         qproto.doc_string = (proto.doc_string + " " if proto.doc_string else "") + "(int8, static QDQ quantization)"
         onnx.checker.check_model(qproto)
-        fd, tmp_out = tempfile.mkstemp(suffix=".onnx", prefix=out.stem + ".", dir=out.parent)
-        os.close(fd)
-        tmp_out = Path(tmp_out)
+        tmp_out = _write(qproto, out)
         try:
-            onnx.save(qproto, str(tmp_out))
-            give_file_mode(tmp_out)
             p_ref = softmax(_logits(_session(str(source_path)), x))
             p_q = softmax(_logits(_session(str(tmp_out)), x))
             agreement = float((p_ref.argmax(1) == p_q.argmax(1)).mean())
