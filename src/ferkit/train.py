@@ -670,14 +670,47 @@ def budget_epochs(minutes: float, epoch_seconds: float, margin: float = BUDGET_M
     return int(minutes * 60.0 * margin // epoch_seconds)
 
 
+def _optimisation_step(cfg: TrainConfig, rt: Runtime, train_model: torch.nn.Module, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer, scaler, ema: "WeightAverage | None", x: torch.Tensor,
+                       y: torch.Tensor, target: torch.Tensor | None, weight: torch.Tensor | None,
+                       ema_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step on a prepared batch: memory format, forward under autocast, loss in float32, backward (scaled
+    under fp16), gradient clipping, optimiser step, weight average. ``train_model`` is what runs forward (the
+    data-parallel or compiled wrapper), ``model`` the network whose gradients are clipped and averaged.
+    Returns (float32 logits, loss)."""
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with rt.autocast():
+        logits = train_model(x)
+    logits = logits.float()
+    loss = F.cross_entropy(logits, y if target is None else target, weight=weight,
+                           label_smoothing=cfg.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+    if ema is not None:
+        ema.update(model, ema_step)
+    return logits, loss
+
+
 def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmenter: Augmenter,
                    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                    batch: int, steps_per_epoch: int) -> dict[str, float]:
     """Time this run's epoch on this machine, before the run starts (for ``--time-budget``).
 
-    A copy of the network takes ``BUDGET_WARMUP_STEPS`` + ``BUDGET_TIMED_STEPS`` real training steps
-    (same batch size, augmentation, precision, memory format, optimiser and weight average) on random
-    Training batches, then :func:`evaluate_tensors` over up to 1,024 validation images a process is timed
+    A copy of the network takes ``BUDGET_WARMUP_STEPS`` + ``BUDGET_TIMED_STEPS`` training steps through the
+    run's own :func:`_optimisation_step` (same batch size, augmentation, precision, memory format, optimiser,
+    clipping and weight average; no mixing, no class weights) on random Training batches, then :func:`evaluate_tensors` over up to 1,024 validation images a process is timed
     and scaled to the split.
     The run's own network, optimiser and random streams are left exactly as they were, so a budgeted
     run is the same run as one started with ``--epochs`` set to the number it chose. Under data-parallel
@@ -695,19 +728,12 @@ def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmen
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
 
+    scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
+
     def step() -> None:
         idx = torch.randint(0, len(train_y), (batch,), generator=gen).to(train_x.device)
-        x = augmenter(train_x[idx], gen)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with rt.autocast():
-            logits = probe(x)
-        loss = F.cross_entropy(logits.float(), train_y[idx], label_smoothing=cfg.label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if avg is not None:
-            avg.update(probe, 0)
+        _optimisation_step(cfg, rt, probe, probe, opt, scaler, avg, augmenter(train_x[idx], gen), train_y[idx],
+                           None, None, 0)
 
     for _ in range(BUDGET_WARMUP_STEPS):
         step()
@@ -1033,29 +1059,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             if mixing:
                 target = target if target is not None else F.one_hot(y, num_classes).to(x.dtype)
                 x, target = mix_batch(x, target, gen, aug.mixup, aug.cutmix)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             # forward (mixed precision), loss in float32, backward, step
-            with rt.autocast():
-                logits = train_model(x)
-            logits = logits.float()
-            loss = F.cross_entropy(logits, y if target is None else target, weight=weight,
-                                   label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            if ema is not None:
-                ema.update(model, epoch * steps_per_epoch + i)
+            logits, loss = _optimisation_step(cfg, rt, train_model, model, optimizer, scaler, ema, x, y, target,
+                                              weight, epoch * steps_per_epoch + i)
             # running metrics (accuracy against the un-mixed labels)
             n = hi - lo
             loss_sum += loss.detach().double() * n
