@@ -295,11 +295,17 @@ def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
     res = evaluate(onnx_path, csv, split="PrivateTest")
     paths = save_report(res, tmp_path / "rep")
     names = {p.name for p in paths}
-    assert names == {"metrics.json", "confusion_matrix.png", "class_counts.png"}
+    assert names == {"metrics.json", "confusion_matrix.png", "class_counts.png", "reliability.png"}
     for p in paths:
         assert p.stat().st_size > 200
-    assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["accuracy"] == res["accuracy"]
-    assert (tmp_path / "rep" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["accuracy"] == res["accuracy"] and saved["calibration"]["ece"] == res["calibration"]["ece"]
+    assert sum(b["n"] for b in saved["calibration"]["bins"]) == res["n"]
+    for name in ("confusion_matrix.png", "reliability.png"):
+        assert (tmp_path / "rep" / name).read_bytes()[:4] == b"\x89PNG"
+    # no probabilities, no reliability diagram
+    names = {p.name for p in save_report({**res, "calibration": None}, tmp_path / "rep2")}
+    assert names == {"metrics.json", "confusion_matrix.png", "class_counts.png"}
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
@@ -442,18 +448,23 @@ def test_models_bundled_lists_single_models_and_ensembles(tiny_run, second_run, 
     from ferkit.quantize import quantize_onnx
 
     quantize_onnx(onnx_path, assets / "small.onnx", data=csv, n_images=40)
+    from ferkit.calibrate import calibrate_onnx
+
+    t = calibrate_onnx(onnx_path, assets / "calibrated.onnx", data=csv)["temperature"]
     monkeypatch.setattr(runtime, "ASSETS_DIR", assets)
     assert cli_main(["models", "--bundled", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capfd.readouterr().out)}
-    assert sorted(rows) == ["accurate", "blend", "default", "small", "soft"]
+    assert sorted(rows) == ["accurate", "blend", "calibrated", "default", "small", "soft"]
     assert rows["small"]["weights"] == "int8" and rows["default"]["weights"] == "float32"
+    assert rows["calibrated"]["temperature"] == t != 1.0 and rows["default"]["temperature"] == 1.0
     assert rows["blend"]["training"] == "FER2013 + FER+ votes" and rows["soft"]["training"] == "FER+ votes"
     assert rows["accurate"]["arch"] == "ensemble of 2: _test_tiny_bn, _test_tiny_bn" and rows["accurate"]["tta"] == "flip"
     assert rows["default"]["arch"] == "_test_tiny_bn" and rows["default"]["tta"] == "none"
     assert rows["default"]["training"] == "FER2013 labels" and rows["default"]["label_set"] == "fer7"
     assert cli_main(["models", "--bundled"]) == 0
     out = capfd.readouterr().out
-    assert "accurate  ensemble of 2" in out and "--model NAME" in out
+    assert out.split("\naccurate ")[1].lstrip().startswith("ensemble of 2") and "--model NAME" in out
+    assert f"{t:g}" in next(line for line in out.splitlines() if line.startswith("calibrated "))
 
 
 @pytest.fixture(scope="module")
@@ -672,7 +683,7 @@ def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported
         (["export", str(tiny_run[1]), "--quantize", "int8", "--data", str(csv), "--out", x], "one exported model"),
         (["export", str(source), str(source), "--quantize", "int8", "--data", str(csv), "--out", x],
          "one exported model"),
-        (["export", str(source), "--data", str(csv), "--out", x], "are for --quantize"),
+        (["export", str(source), "--data", str(csv), "--out", x], "--data is for --quantize and --calibrate"),
         (["export", str(source), "--seed", "0", "--out", x], "are for --quantize"),
         (["export", str(source), "--quantize", "int8", "--data", str(csv), "--calibration-images", "0", "--out", x],
          "positive integer"),
@@ -682,6 +693,167 @@ def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported
         assert cli_main(argv) == 2, argv
         assert message in capfd.readouterr().err, argv
     assert not Path(x).exists()
+
+
+# -- calibration (temperature scaling) -----------------------------------------------------------------
+
+def test_calibration_metrics_against_a_hand_computed_example():
+    # top probabilities 0.9 (right), 0.8 (wrong), 0.6 and 0.55 (both right)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    y = np.array([0, 0, 0, 1])
+    cal = metrics.calibration(probs, y, n_bins=10)
+    # bins (0.8, 0.9]: |1 - 0.9|; (0.7, 0.8]: |0 - 0.8|; (0.5, 0.6]: 0.6 and 0.55, both right: |1 - 0.575|
+    assert cal["ece"] == pytest.approx(0.25 * 0.1 + 0.25 * 0.8 + 0.5 * 0.425)
+    assert cal["mce"] == pytest.approx(0.8)
+    assert [(b["n"], b["accuracy"]) for b in cal["bins"]] == [(2, 1.0), (1, 0.0), (1, 1.0)]
+    assert cal["brier"] == pytest.approx((0.02 + 2 * 0.64 + 0.32 + 2 * 0.45 ** 2) / 4)
+    assert cal["confidence"] == pytest.approx(0.7125)
+    assert metrics.calibration(probs, y, n_bins=1)["ece"] == pytest.approx(abs(0.75 - 0.7125))
+    rep = metrics.classification_report(y, probs.argmax(1), ["a", "b"], probs=probs)
+    assert rep["calibration"]["ece"] == pytest.approx(cal["ece"])
+    assert metrics.classification_report(y, probs.argmax(1), ["a", "b"])["calibration"] is None
+    with pytest.raises(FerkitError, match="classes"):
+        metrics.calibration(probs, [0, 0, 0, 2])
+    with pytest.raises(FerkitError, match="shape"):
+        metrics.calibration(probs[:3], y)
+    with pytest.raises(FerkitError, match="n_bins"):
+        metrics.calibration(probs, y, n_bins=0)
+
+
+def _sampled(n=20000, c=7, sharpen=2.0, seed=0):
+    """Labels drawn from softmax(z) (so softmax(z) is calibrated) and a model that reports softmax(sharpen * z)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, c))
+    truth = metrics.softmax(z).astype(np.float64)
+    y = np.array([rng.choice(c, p=row / row.sum()) for row in truth])
+    return metrics.softmax(sharpen * z), truth, y
+
+
+def test_temperature_scaling_keeps_every_prediction_and_fitting_recovers_the_true_temperature():
+    from ferkit.calibrate import fit_temperature, temperature_nll
+
+    over, truth, y = _sampled(sharpen=2.0)
+    # calibrated probabilities have a small ECE, over-confident ones a large one
+    assert metrics.calibration(truth, y)["ece"] < 0.02 < 0.1 < metrics.calibration(over, y)["ece"]
+    t = fit_temperature(over, y)
+    assert t == pytest.approx(2.0, rel=0.05)
+    fixed = metrics.scale_temperature(over, t)
+    np.testing.assert_allclose(fixed, truth, atol=0.03)
+    assert metrics.calibration(fixed, y)["ece"] < 0.02
+    assert temperature_nll(over, y, t) < temperature_nll(over, y, 1.0)
+    under, _, y2 = _sampled(sharpen=0.5, seed=1)
+    assert fit_temperature(under, y2) == pytest.approx(0.5, rel=0.05)
+    # softmax(log p / T) of one network's softmax is softmax(logits / T); the order of the classes never changes
+    z = np.random.default_rng(2).normal(0, 3, (50, 7))
+    np.testing.assert_allclose(metrics.scale_temperature(metrics.softmax(z), 0.7), metrics.softmax(z / 0.7), atol=1e-6)
+    for temp in (0.1, 0.5, 3.0, 15.0):
+        assert (metrics.scale_temperature(over, temp).argmax(1) == over.argmax(1)).all()
+    np.testing.assert_array_equal(metrics.scale_temperature(over, 1.0), over.astype(np.float32))
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(FerkitError, match="positive"):
+            metrics.scale_temperature(over, bad)
+    with pytest.raises(FerkitError, match="classes"):
+        fit_temperature(over[:3], [0, 1, 9])
+    with pytest.raises(FerkitError, match="N >= 1"):
+        fit_temperature(over[:0], [])
+
+
+def test_calibrate_writes_the_temperature_that_every_reader_applies(tiny_run, tmp_path, capfd):
+    from ferkit.calibrate import fit_temperature
+    from ferkit.data.fer2013 import load_fer2013
+
+    csv, _, source, _ = tiny_run
+    out = tmp_path / "cal.onnx"
+    rc = cli_main(["export", str(source), "--calibrate", "--data", str(csv), "--out", str(out)])
+    text = capfd.readouterr().out
+    assert rc == 0 and out.is_file() and "fitted on PublicTest" in text
+    raw, cal = EmotionClassifier(source), EmotionClassifier(out)
+    # the fit: PublicTest of the model's data, from the raw softmax
+    public = evaluate(source, str(csv), split="PublicTest", return_probs=True)
+    t = float(f"{fit_temperature(public['probs'], public['y_true']):.4g}")
+    assert cal.temperature == cal.default_temperature == t != 1.0 and raw.temperature == 1.0
+    record = cal.metadata["provenance"]["temperature_scaling"]
+    assert record["split"] == "PublicTest" and record["n"] == public["n"] and record["temperature"] == t
+    assert record["data_sha256"] == load_fer2013(csv).sha256
+    assert record["after"]["nll"] <= record["before"]["nll"]
+    for key in ("labels", "preprocess", "tta", "arch", "arch_kwargs"):
+        assert cal.metadata[key] == raw.metadata[key], key
+    # the classifier, evaluate and the CLI use it; predictions never change
+    faces = load_fer2013(csv).images[:40]
+    p_raw, p_cal = raw.predict_proba(faces), cal.predict_proba(faces)
+    np.testing.assert_allclose(p_cal, metrics.scale_temperature(p_raw, t), atol=1e-6)
+    assert (p_cal.argmax(1) == p_raw.argmax(1)).all() and not np.allclose(p_cal, p_raw, atol=1e-3)
+    np.testing.assert_allclose(cal.predict_logits(faces), raw.predict_logits(faces) / t, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(EmotionClassifier(out, temperature=1.0).predict_proba(faces), p_raw, atol=1e-6)
+    r_raw = evaluate(source, str(csv), split="PrivateTest", return_probs=True)
+    r_cal = evaluate(out, str(csv), split="PrivateTest", return_probs=True)
+    assert r_cal["accuracy"] == r_raw["accuracy"] and r_cal["confusion_matrix"] == r_raw["confusion_matrix"]
+    assert r_cal["temperature"] == t and r_raw["temperature"] == 1.0
+    assert r_cal["loss"] == pytest.approx(metrics.cross_entropy(metrics.scale_temperature(r_raw["probs"], t),
+                                                                r_raw["y_true"]), abs=1e-4)
+    assert r_cal["calibration"]["ece"] == pytest.approx(metrics.calibration(r_cal["probs"], r_cal["y_true"])["ece"])
+    assert evaluate(out, str(csv), split="PrivateTest", temperature=1.0)["loss"] == pytest.approx(r_raw["loss"])
+    assert cli_main(["evaluate", str(out), "--data", str(csv)]) == 0
+    assert f"temperature {t:g}" in capfd.readouterr().out
+    # the model card says so
+    from ferkit.modelcard import write_model_card
+
+    card = write_model_card(out, csv, tmp_path / "card").read_text()
+    assert f"- Probabilities: softmax at temperature {t:g}, fitted on PublicTest ({public['n']} faces)" in card
+    assert f"| PrivateTest | {r_cal['n']} | {100 * r_cal['accuracy']:.2f}% |" in card and "| ECE | Brier |" in card
+    # calibrating again starts from the raw softmax: the same temperature, not its square
+    again = tmp_path / "again.onnx"
+    cli_main(["export", str(out), "--calibrate", "--data", str(csv), "--out", str(again)])
+    assert EmotionClassifier(again).temperature == t
+
+
+def test_calibrate_refuses_the_test_split_bad_temperatures_and_misuse(tiny_run, exported_pair, tmp_path, capfd):
+    from ferkit.calibrate import calibrate_onnx
+    from ferkit.onnx_ensemble import split_ensemble
+
+    csv, _, source, _ = tiny_run
+    out = tmp_path / "cal.onnx"
+    with pytest.raises(FerkitError, match="PrivateTest is the final test"):
+        calibrate_onnx(source, out, data=csv, split="PrivateTest")
+    assert not out.exists()
+    with pytest.raises(FerkitError, match="positive"):
+        EmotionClassifier(source, temperature=0)
+    with pytest.raises(FerkitError, match="positive"):
+        evaluate(source, str(csv), split="PublicTest", temperature=-2.0)
+    # a model whose metadata holds a bad temperature is refused when it loads
+    proto = onnx.load(str(source))
+    for bad in ("-1", "\"warm\"", "0"):
+        for prop in proto.metadata_props:
+            if prop.key == "ferkit_temperature":
+                prop.value = bad
+                break
+        else:
+            prop = proto.metadata_props.add()
+            prop.key, prop.value = "ferkit_temperature", bad
+        onnx.save(proto, str(tmp_path / "bad.onnx"))
+        with pytest.raises(FerkitError, match="ferkit_temperature"):
+            EmotionClassifier(tmp_path / "bad.onnx")
+    # an ensemble's temperature belongs to the ensemble, not to the members split out of it
+    calibrate_onnx(exported_pair[2], tmp_path / "ens_cal.onnx", data=csv)
+    members = split_ensemble(tmp_path / "ens_cal.onnx", tmp_path / "members")
+    assert EmotionClassifier(tmp_path / "ens_cal.onnx").temperature != 1.0
+    assert all(EmotionClassifier(m).temperature == 1.0 for m in members)
+    capfd.readouterr()
+    x = str(tmp_path / "x.onnx")
+    for argv, message in (
+        (["export", str(source), "--calibrate", "--out", x], "--calibrate needs --data"),
+        (["export", str(source), str(source), "--calibrate", "--data", str(csv), "--out", x], "one exported model"),
+        (["export", str(tiny_run[1]), "--calibrate", "--data", str(csv), "--out", x], "one exported model"),
+        (["export", str(source), "--calibrate", "--quantize", "int8", "--data", str(csv), "--out", x], "two steps"),
+        (["export", str(source), "--calibrate", "--data", str(csv), "--tta", "flip", "--out", x], "no --half"),
+        (["export", str(source), "--ferplus", str(csv), "--out", x], "--ferplus is for --calibrate"),
+        (["export", str(source), "--calibrate", "--data", str(tmp_path / "missing.csv"), "--out", x], "missing.csv"),
+        (["evaluate", str(source), "--data", str(csv), "--temperature", "0"], "positive"),
+    ):
+        assert cli_main(argv) == 2, argv
+        assert message in capfd.readouterr().err, argv
+    assert not Path(x).exists()
+
 
 def test_greedy_select_adds_members_only_while_publictest_improves():
     from ferkit.ensemble import greedy_select

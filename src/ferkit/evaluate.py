@@ -23,7 +23,7 @@ import numpy as np
 from .errors import FerkitError
 from .metrics import classification_report
 from .preprocess import PreprocessSpec
-from .runtime import DEFAULT_BATCH_SIZE, EmotionClassifier, batched_predict, bundled_models
+from .runtime import DEFAULT_BATCH_SIZE, EmotionClassifier, batched_predict, bundled_models, check_temperature
 from .tta import normalize_tta
 
 
@@ -40,6 +40,7 @@ class LoadedModel:
     name: str          # path (or bundled name) for the report
     arch: str | None
     data_info: dict
+    temperature: float = 1.0  # applied to the averaged probabilities (an exported model's calibration)
 
 
 def is_onnx_ref(model) -> bool:
@@ -55,19 +56,29 @@ def is_onnx_ref(model) -> bool:
     return False
 
 
-def load_model(model, *, threads: int | None = None) -> LoadedModel:
+def load_model(model, *, threads: int | None = None, temperature: float | None = None) -> LoadedModel:
     """A run dir / checkpoint path / checkpoint dict (torch) or an .onnx path / bundled name /
-    EmotionClassifier (onnxruntime) -> :class:`LoadedModel`."""
+    EmotionClassifier (onnxruntime) -> :class:`LoadedModel`.
+
+    temperature: None = the model's own (an exported model's ``ferkit_temperature``; 1.0 for a checkpoint
+    and for an EmotionClassifier passed in, which keeps its own), else this value."""
     if is_onnx_ref(model):
-        clf = model if isinstance(model, EmotionClassifier) else EmotionClassifier(model, threads=threads)
+        if isinstance(model, EmotionClassifier):
+            clf = model
+        else:
+            clf = EmotionClassifier(model, threads=threads, temperature=temperature)
         prov = clf.metadata.get("provenance") or {}
         return LoadedModel(
             forward=clf.forward, labels=clf.labels, spec=clf.spec, label_set=clf.label_set,
             default_tta=clf.tta, kind="onnx",  # a passed-in classifier keeps its own TTA choice
             name=str(model) if isinstance(model, (str, os.PathLike)) else str(clf.path),
             arch=clf.metadata.get("arch"), data_info=prov.get("data") or {},
+            temperature=clf.temperature if temperature is None or isinstance(model, EmotionClassifier)
+            else check_temperature(temperature),
         )
-    return _load_torch(model, threads=threads)
+    lm = _load_torch(model, threads=threads)
+    lm.temperature = check_temperature(temperature)
+    return lm
 
 
 def _load_torch(model, *, threads: int | None = None) -> LoadedModel:
@@ -144,6 +155,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = False,
     return_probs: bool = False,
+    temperature: float | None = None,
     **splits_kwargs,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on one split.
@@ -161,12 +173,14 @@ def evaluate(
         training time; ``ferplus_protocol=`` 'plurality' (default) or 'reference', see
         :mod:`ferkit.data.ferplus`; ``clean=`` rules, off by default so the test split stays complete).
     return_probs: also return ``probs`` (N, C) float32 and ``y_true`` (N,) arrays (not JSON).
+    temperature: None = the model's own (see :func:`load_model`); 1.0 = the raw softmax.
 
     Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,
     confusion_matrix (counts, rows = true class), confusion_matrix_normalized, true_counts, pred_counts,
-    labels, n, split, model, model_kind, arch, data, data_sha256, tta, seconds, faces_per_s.
+    calibration (ECE, MCE, Brier, mean confidence, reliability bins: :func:`ferkit.metrics.calibration`),
+    labels, n, split, model, model_kind, arch, data, data_sha256, tta, temperature, seconds, faces_per_s.
     """
-    lm = load_model(model, threads=threads)
+    lm = load_model(model, threads=threads, temperature=temperature)
     subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
     y = np.asarray(subset.labels, dtype=np.int64)
     if len(y) == 0:
@@ -176,7 +190,7 @@ def evaluate(
     mode = lm.default_tta if tta is None else normalize_tta(tta)
     t0 = time.perf_counter()
     probs, logits = batched_predict(lm.forward, subset.images, lm.spec, tta=mode, batch_size=batch_size,
-                                    keep_logits=True, progress=progress)
+                                    keep_logits=True, progress=progress, temperature=lm.temperature)
     seconds = time.perf_counter() - t0
     pred = probs.argmax(axis=1)
     report = classification_report(y, pred, lm.labels, probs=probs, logits=logits)
@@ -192,6 +206,7 @@ def evaluate(
         "label_set": lm.label_set,
         **data_meta,
         "tta": mode,
+        "temperature": lm.temperature,
         "seconds": round(seconds, 4),
         "faces_per_s": round(len(y) / seconds, 1) if seconds > 0 else None,
     }
@@ -214,6 +229,7 @@ def format_report(result: dict[str, Any]) -> str:
           if result.get("ferplus") else []),
         f"accuracy {result['accuracy'] * 100:.2f}%   macro-F1 {result['macro_f1'] * 100:.2f}%   "
         f"loss {result['loss']:.4f}   ({result.get('faces_per_s')} faces/s)",
+        *([_calibration_line(result)] if result.get("calibration") else []),
         "",
         f"{'class':<{w}} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8} {'predicted':>9}",
     ]
@@ -230,9 +246,18 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _calibration_line(result: dict[str, Any]) -> str:
+    cal = result["calibration"]
+    t = result.get("temperature", 1.0)
+    return (f"calibration: ECE {cal['ece'] * 100:.2f}%   Brier {cal['brier']:.4f}   mean top probability "
+            f"{cal['confidence'] * 100:.2f}%   temperature {t:g}{' (raw softmax)' if t == 1.0 else ''}")
+
+
 def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``metrics.json``, ``confusion_matrix.png`` (counts and row-normalised, annotated) and
-    ``class_counts.png`` (true vs predicted count per class) into ``out_dir``; returns the paths."""
+    """Write ``metrics.json``, ``confusion_matrix.png`` (counts and row-normalised, annotated),
+    ``class_counts.png`` (true vs predicted count per class) and, when the result has probabilities'
+    calibration, ``reliability.png`` (accuracy against top probability per bin) into ``out_dir``; returns
+    the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     js = {k: v for k, v in result.items() if k not in ("probs", "y_true")}
@@ -285,4 +310,28 @@ def save_report(result: dict[str, Any], out_dir: str | os.PathLike) -> list[Path
     paths.append(out / "class_counts.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    cal = result.get("calibration")
+    if cal and cal.get("bins"):
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        bins = cal["bins"]
+        lo = np.array([b["lo"] for b in bins])
+        width = np.array([b["hi"] - b["lo"] for b in bins])
+        ax.bar(lo, [b["accuracy"] for b in bins], width, align="edge", edgecolor="black", alpha=0.7,
+               label="accuracy in the bin")
+        ax.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", color="C3", markersize=3,
+                label="mean top probability")
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("top probability")
+        ax.set_ylabel("accuracy")
+        t = result.get("temperature", 1.0)
+        ax.set_title(f"reliability on {result['split']}: ECE {cal['ece'] * 100:.2f}%"
+                     + (f", T {t:g}" if t != 1.0 else ""), fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "reliability.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths

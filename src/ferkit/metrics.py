@@ -11,6 +11,8 @@ Stable API (other modules import these names):
 - :func:`accuracy`, :func:`confusion_matrix`, :func:`normalize_rows`
 - :func:`precision_recall_f1` -> arrays (precision, recall, f1, support)
 - :func:`macro_f1`, :func:`cross_entropy`
+- :func:`calibration` -> expected calibration error, Brier score, reliability bins of probabilities
+- :func:`scale_temperature` -> probabilities sharpened or softened by a temperature (order kept)
 - :func:`classification_report` -> the dict that ``ferkit evaluate`` reports
 """
 from __future__ import annotations
@@ -30,8 +32,12 @@ __all__ = [
     "precision_recall_f1",
     "macro_f1",
     "cross_entropy",
+    "calibration",
+    "scale_temperature",
     "classification_report",
 ]
+
+CALIBRATION_BINS = 15  # equal-width confidence bins for the expected calibration error (Guo et al. 2017)
 
 
 def _ids(y, name: str) -> np.ndarray:
@@ -126,6 +132,62 @@ def cross_entropy(probs_or_logits: np.ndarray, y_true, *, from_logits: bool = Fa
     return float(-logp.mean())
 
 
+def scale_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(probs) / temperature)`` row by row, float32: temperature scaling applied to probabilities.
+
+    For one network's softmax this equals ``softmax(logits / temperature)`` (Guo et al. 2017); for an average
+    over ensemble members or test-time views it rescales the averaged distribution. The order of the classes
+    in each row never changes, so neither does the predicted class. ``temperature`` > 1 softens, < 1 sharpens.
+    """
+    t = float(temperature)
+    if not np.isfinite(t) or t <= 0:
+        raise FerkitError(f"temperature must be a positive number, got {temperature!r}")
+    p = np.asarray(probs, dtype=np.float64)
+    if t == 1.0:
+        return p.astype(np.float32)
+    return softmax(np.log(np.clip(p, 1e-30, None)) / t)
+
+
+def calibration(probs: np.ndarray, y_true, *, n_bins: int = CALIBRATION_BINS) -> dict:
+    """How far the top probability is from the accuracy it promises.
+
+    ``ece``: expected calibration error, the support-weighted mean over ``n_bins`` equal-width bins of the
+    top-1 probability of |accuracy - mean top-1 probability| (0 = calibrated); ``mce``: the largest such gap
+    over non-empty bins; ``brier``: mean squared distance between the probability rows and the one-hot true
+    class (0..2); ``confidence``: the mean top-1 probability; ``bins``: [{lo, hi, n, confidence, accuracy}]
+    for the non-empty bins (a reliability diagram).
+    """
+    t = _ids(y_true, "y_true")
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != t.shape[0]:
+        raise FerkitError(f"expected an (N, C) array for N={t.shape[0]} labels, got shape {p.shape}")
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise FerkitError(f"n_bins must be a positive integer, got {n_bins!r}")
+    if t.size == 0:
+        return {"ece": 0.0, "mce": 0.0, "brier": 0.0, "confidence": 0.0, "bins": []}
+    if t.min() < 0 or t.max() >= p.shape[1]:
+        raise FerkitError(f"labels run {t.min()}..{t.max()} but the probabilities have {p.shape[1]} classes")
+    conf = p.max(axis=1)
+    correct = p.argmax(axis=1) == t
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)  # (lo, hi]; 0 goes in bin 0
+    bins, ece, mce = [], 0.0, 0.0
+    for b in range(n_bins):
+        m = which == b
+        if not m.any():
+            continue
+        acc, c = float(correct[m].mean()), float(conf[m].mean())
+        gap = abs(acc - c)
+        ece += m.mean() * gap
+        mce = max(mce, gap)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": int(m.sum()), "confidence": c,
+                     "accuracy": acc})
+    onehot = np.zeros_like(p)
+    onehot[np.arange(t.size), t] = 1.0
+    return {"ece": float(ece), "mce": float(mce), "brier": float(((p - onehot) ** 2).sum(axis=1).mean()),
+            "confidence": float(conf.mean()), "bins": bins}
+
+
 def classification_report(
     y_true,
     y_pred,
@@ -139,7 +201,8 @@ def classification_report(
     Keys: ``n``, ``labels``, ``accuracy``, ``macro_f1``, ``loss`` (mean cross-entropy; None when neither
     ``probs`` nor ``logits`` is given; from logits when both are), ``per_class``
     ({label: {precision, recall, f1, support}}), ``confusion_matrix`` (counts, rows = true),
-    ``confusion_matrix_normalized`` (rows sum to 1), ``true_counts`` / ``pred_counts`` ({label: count}).
+    ``confusion_matrix_normalized`` (rows sum to 1), ``true_counts`` / ``pred_counts`` ({label: count}),
+    ``calibration`` (:func:`calibration` of ``probs``; None without ``probs``).
     """
     labels = [str(x) for x in labels]
     c = len(labels)
@@ -166,4 +229,5 @@ def classification_report(
         "confusion_matrix_normalized": normalize_rows(cm).round(6).tolist(),
         "true_counts": {lab: int(n) for lab, n in zip(labels, cm.sum(axis=1))},
         "pred_counts": {lab: int(n) for lab, n in zip(labels, cm.sum(axis=0))},
+        "calibration": calibration(probs, t) if probs is not None else None,
     }

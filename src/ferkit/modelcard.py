@@ -74,6 +74,20 @@ def _quantization_lines(prov: dict) -> list[str]:
             f"{cal.get('split')} faces (seed {cal.get('seed')}); every figure below is the int8 model's"]
 
 
+def _temperature_lines(meta: dict, prov: dict) -> list[str]:
+    """One line for a calibrated model (``ferkit export --calibrate``): its temperature and where it was fitted."""
+    t = meta.get("temperature")
+    if t is None or float(t) == 1.0:
+        return ["- Probabilities: the network's softmax (no temperature; `ferkit export MODEL --calibrate` fits one)"]
+    ts = prov.get("temperature_scaling") or {}
+    b, a = ts.get("before") or {}, ts.get("after") or {}
+    fit = (f", fitted on {ts.get('split')} ({ts.get('n')} faces): log-loss {b.get('nll', float('nan')):.4f} -> "
+           f"{a.get('nll', float('nan')):.4f}, ECE {_pct(b['ece']) if 'ece' in b else '?'} -> "
+           f"{_pct(a['ece']) if 'ece' in a else '?'}" if ts else "")
+    return [f"- Probabilities: softmax at temperature {float(t):g}{fit}; it changes confidences, never the "
+            "predicted class, and every figure below uses it"]
+
+
 def _ema_text(cfg: dict) -> str:
     return f", weight average (EMA) {cfg['ema']}" if cfg.get("ema") else ""
 
@@ -115,6 +129,13 @@ def _ensemble_sections(meta: dict, prov: dict, notes: str | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def _split_row(split: str, r: dict) -> str:
+    cal = r.get("calibration") or {}
+    ece = _pct(cal["ece"]) if "ece" in cal else "-"
+    brier = f"{cal['brier']:.4f}" if "brier" in cal else "-"
+    return f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} | {ece} | {brier} |"
 
 
 def _shown(model: str) -> str:
@@ -191,6 +212,7 @@ def write_model_card(
         f"- Input: {meta.get('input_size')}x{meta.get('input_size')} gray face crop, preprocessing {json.dumps(meta.get('preprocess'))}",
         f"- Test-time augmentation used by default (and in every figure below): `{meta.get('tta')}`",
         *_quantization_lines(prov),
+        *_temperature_lines(meta, prov),
         "",
         *(_ensemble_sections(meta, prov, notes) if meta.get("arch") == "ensemble" else _single_sections(meta, prov, cfg, notes)),
         "Reproduce:",
@@ -203,21 +225,24 @@ def write_model_card(
         "",
         "## Accuracy (measured on the exported model with onnxruntime)",
         "",
-        "| split | images | accuracy | macro-F1 | loss |",
-        "| --- | --- | --- | --- | --- |",
+        "| split | images | accuracy | macro-F1 | loss | ECE | Brier |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for split in SPLITS:
-        r = results[split]
-        lines.append(f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} |")
+        lines.append(_split_row(split, results[split]))
     if reference:
         lines += ["", "FER+ labels above: plurality of the 10 votes, ties, unknown and not-a-face dropped (ferkit's "
                   "protocol). The same model under the FER+ authors' protocol (microsoft/FERPlus `ferplus.py`, "
                   "majority mode: single votes removed, then more than half of the remaining votes for one "
                   "emotion; fewer, clearer images), `ferkit evaluate MODEL --ferplus-protocol reference`:", "",
-                  "| split | images | accuracy | macro-F1 | loss |", "| --- | --- | --- | --- | --- |"]
+                  "| split | images | accuracy | macro-F1 | loss | ECE | Brier |", "| --- " * 7 + "|"]
         for split, r in reference.items():
-            lines.append(f"| {split} | {r['n']} | {_pct(r['accuracy'])} | {_pct(r['macro_f1'])} | {r['loss']:.4f} |")
+            lines.append(_split_row(split, r))
     lines += [
+        "",
+        "loss: mean negative log-likelihood of the true class (nats); ECE: expected calibration error, the mean gap "
+        "between the top probability and accuracy over 15 equal-width bins (0 = the probabilities are honest); "
+        "Brier: mean squared error of the probability rows against the one-hot label.",
         "",
         f"Evaluation machine: {_cpu_name()}, {os.cpu_count()} logical CPUs; classifier speed there during evaluation: "
         f"{test.get('faces_per_s')} faces/s (PrivateTest, batch {256}).",
@@ -235,7 +260,8 @@ def write_model_card(
               "| true \\ predicted | " + " | ".join(labels) + " |", "| --- " * (len(labels) + 1) + "|"]
     for lab, row in zip(labels, test["confusion_matrix"]):
         lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", "Pictures: `privatetest/confusion_matrix.png`, `privatetest/class_counts.png`; all figures: `metrics.json`.", ""]
+    lines += ["", "Pictures: `privatetest/confusion_matrix.png`, `privatetest/class_counts.png`, `privatetest/reliability.png` "
+              "(accuracy against top probability); all figures: `metrics.json`.", ""]
     card = out / "MODEL_CARD.md"
     card.write_text("\n".join(lines))
     return card

@@ -102,7 +102,8 @@ def _extract(proto, logits: str, meta: dict[str, Any], index: int, source: str) 
     provs = (meta.get("provenance") or {}).get("members") or []
     prov = dict(provs[index]) if index < len(provs) else {}
     prov.setdefault("source", f"{source}#{index}")
-    sub_meta = {**meta, "arch": info.get("arch"), "arch_kwargs": info.get("arch_kwargs") or {}, "tta": "none",
+    sub_meta = {**{k: v for k, v in meta.items() if k != "temperature"},  # the ensemble's, not a member's
+                "arch": info.get("arch"), "arch_kwargs": info.get("arch_kwargs") or {}, "tta": "none",
                 "provenance": prov}
     set_ferkit_metadata(sub, sub_meta)
     onnx.checker.check_model(sub)

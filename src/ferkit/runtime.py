@@ -2,8 +2,9 @@
 
 This module never imports torch (``pip install ferkit`` alone runs it). The model file carries everything
 the runtime needs in its metadata (see :mod:`ferkit.export`): the label names in output order, the
-:class:`~ferkit.preprocess.PreprocessSpec`, the input size and the default test-time augmentation, so
-nothing is guessed here.
+:class:`~ferkit.preprocess.PreprocessSpec`, the input size, the default test-time augmentation and, for a
+calibrated model, the temperature of its probabilities (``ferkit export MODEL --calibrate``), so nothing is
+guessed here.
 
     >>> from ferkit.runtime import EmotionClassifier
     >>> clf = EmotionClassifier()                 # the bundled default model (src/ferkit/assets/default.onnx)
@@ -20,7 +21,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import FerkitError
-from .metrics import softmax
+from .metrics import scale_temperature, softmax
 from .preprocess import PreprocessSpec, prepare_faces
 from .tta import normalize_tta, predict_proba_tta
 
@@ -149,12 +150,14 @@ def batched_predict(
     batch_size: int = DEFAULT_BATCH_SIZE,
     keep_logits: bool = False,
     progress: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The one inference loop (used by :class:`EmotionClassifier` and by ``ferkit.evaluate`` for torch too).
 
     faces -> :func:`prepare_faces` (in batches of ``batch_size``) -> ``forward`` (N, 1, S, S) -> logits (N, C)
-    -> softmax, averaged over the TTA views. Returns (probs float32 (N, C), logits float32 (N, C) or None);
-    logits are kept only when ``keep_logits`` and ``tta == 'none'``.
+    -> softmax, averaged over the TTA views -> temperature (:func:`ferkit.metrics.scale_temperature` of the
+    averaged rows, which never changes a row's top class). Returns (probs float32 (N, C), logits float32
+    (N, C) or None); logits (divided by the temperature) are kept only when ``keep_logits`` and ``tta == 'none'``.
     """
     tta = normalize_tta(tta)
     if batch_size < 1:
@@ -179,7 +182,20 @@ def batched_predict(
         return np.zeros((0, 0), np.float32), None
     probs = np.concatenate(probs_parts)
     logits = np.concatenate(logit_parts) if logit_parts else None
+    if temperature != 1.0:
+        probs = scale_temperature(probs, temperature)
+        if logits is not None:
+            logits = (logits / np.float32(temperature)).astype(np.float32)
     return probs, logits
+
+
+def check_temperature(value, source: str = "temperature") -> float:
+    """A positive finite number (or None -> 1.0, no scaling); FerkitError otherwise."""
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+        raise FerkitError(f"{source} must be a positive number, got {value!r}")
+    return float(value)
 
 
 class EmotionClassifier:
@@ -191,13 +207,17 @@ class EmotionClassifier:
     tta: test-time augmentation, ``None`` = the model's own default (metadata ``ferkit_tta``), or
         ``'none'``/``False``, ``'flip'``, ``'tencrop'``/``True`` (see :mod:`ferkit.tta`).
     batch_size: faces per onnxruntime call (bounds memory for long lists).
+    temperature: scale the probabilities by this temperature, ``None`` = the model's own (metadata
+        ``ferkit_temperature``, written by ``ferkit export MODEL --calibrate``; 1.0 when absent), ``1.0`` = the
+        network's raw softmax. It changes how sure the probabilities are, never which class is on top.
 
     Attributes: ``labels`` (tuple of names, the order of the probability columns), ``spec``
-    (PreprocessSpec), ``metadata`` (all ferkit metadata, JSON-decoded), ``tta``, ``path``, ``input_size``.
+    (PreprocessSpec), ``metadata`` (all ferkit metadata, JSON-decoded), ``tta``, ``temperature``, ``path``,
+    ``input_size``.
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, threads: int | None = None, tta=None,
-                 batch_size: int = DEFAULT_BATCH_SIZE):
+                 batch_size: int = DEFAULT_BATCH_SIZE, temperature: float | None = None):
         import onnxruntime as ort
 
         self.path = resolve_model_path(model)
@@ -240,6 +260,10 @@ class EmotionClassifier:
             raise FerkitError(f"{self.path}: the model has {c} outputs but its metadata names {len(self.labels)} labels")
         self.default_tta = normalize_tta(self.metadata.get("tta"))
         self.tta = self.default_tta if tta is None else normalize_tta(tta)
+        self.default_temperature = check_temperature(self.metadata.get("temperature"),
+                                                     f"{self.path}: ferkit_temperature")
+        self.temperature = (self.default_temperature if temperature is None
+                            else check_temperature(temperature))
         if batch_size < 1:
             raise FerkitError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = int(batch_size)
@@ -255,7 +279,7 @@ class EmotionClassifier:
 
     def __repr__(self) -> str:
         return (f"EmotionClassifier({str(self.path)!r}, arch={self.metadata.get('arch')!r}, labels={list(self.labels)}, "
-                f"tta={self.tta!r}, threads={self.threads})")
+                f"tta={self.tta!r}, temperature={self.temperature:g}, threads={self.threads})")
 
     # -- inference --------------------------------------------------------------------------------
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -277,16 +301,17 @@ class EmotionClassifier:
         if len(faces) == 0:
             return np.zeros((0, self.num_classes), np.float32)
         mode = self.tta if tta is None else normalize_tta(tta)
-        probs, _ = batched_predict(self.forward, faces, self.spec, tta=mode, batch_size=self.batch_size)
+        probs, _ = batched_predict(self.forward, faces, self.spec, tta=mode, batch_size=self.batch_size,
+                                   temperature=self.temperature)
         return probs
 
     def predict_logits(self, faces) -> np.ndarray:
-        """Face crops -> float32 (N, C) logits (no TTA, no softmax)."""
+        """Face crops -> float32 (N, C) logits (no TTA, no softmax), divided by ``self.temperature``."""
         faces = check_faces(faces)
         if len(faces) == 0:
             return np.zeros((0, self.num_classes), np.float32)
         _, logits = batched_predict(self.forward, faces, self.spec, tta="none", batch_size=self.batch_size,
-                                    keep_logits=True)
+                                    keep_logits=True, temperature=self.temperature)
         return logits
 
     def predict(self, faces, *, tta=None) -> np.ndarray:

@@ -31,6 +31,9 @@ def register(subparsers) -> None:
                         "FER+ authors' rule (single votes removed, more than half of the rest for one class)")
     p.add_argument("--clean", default=None,
                    help="comma-separated cleaning rules applied before splitting (default: none, the full split)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="scale the probabilities by this temperature (default: the model's own, 1.0 when it has "
+                        "none; 1 = the raw softmax). Changes loss and calibration, never the predicted class")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(
             args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, threads=args.threads,
             split_method=args.split_method, seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
-            **extra,
+            temperature=args.temperature, **extra,
         )
         written = save_report(result, args.out) if args.out else []
     if args.json:

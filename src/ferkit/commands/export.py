@@ -5,7 +5,9 @@ probabilities are the (weighted) mean of the members'. Exported models (``.onnx`
 combine the same way without their checkpoints (``ferkit export accurate runs/b.onnx --out e.onnx --half``),
 and ``ferkit export accurate --split DIR`` writes an ensemble's members as files of their own
 (:mod:`ferkit.onnx_ensemble`). ``ferkit export default --quantize int8 --data fer2013.csv.gz --out d8.onnx``
-writes an exported model's int8 quantization, calibrated on Training faces (:mod:`ferkit.quantize`)."""
+writes an exported model's int8 quantization, calibrated on Training faces (:mod:`ferkit.quantize`).
+``ferkit export accurate --calibrate --data fer2013.csv.gz --out a.onnx`` fits the temperature of its
+probabilities on PublicTest and writes it into the copy (:mod:`ferkit.calibrate`)."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +36,13 @@ def register(subparsers) -> None:
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="with one exported model: write its static int8 quantization (onnxruntime QDQ; 1.5x "
                         "faster on a 2-core AVX2 CPU), calibrated on Training faces of --data")
-    p.add_argument("--data", help="--quantize: the FER2013 CSV the model was trained on (its Training split calibrates)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with one exported model: fit the temperature of its probabilities on PublicTest of --data "
+                        "(minimum log-loss) and write it into the copy; predictions do not change, confidences do")
+    p.add_argument("--ferplus", default=None,
+                   help="--calibrate a FER+ (8-class) model: FER+ fer2013new.csv (default: the path recorded at training)")
+    p.add_argument("--data", help="--quantize: the FER2013 CSV the model was trained on (its Training split "
+                                  "calibrates the int8 scales); --calibrate: the CSV whose PublicTest fits the temperature")
     p.add_argument("--calibration-images", type=int, default=None, metavar="N",
                    help="--quantize: random Training faces for the int8 scales (default 1024)")
     p.add_argument("--seed", type=int, default=None, help="--quantize: seed of the calibration sample (default 0)")
@@ -56,8 +64,14 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import is_onnx_ref
 
     onnx_in = [is_onnx_ref(r) for r in args.run]
-    if not args.quantize and (args.data or args.calibration_images is not None or args.seed is not None):
-        raise FerkitError("--data, --calibration-images and --seed are for --quantize")
+    if args.quantize and args.calibrate:
+        raise FerkitError("--quantize and --calibrate are two steps: quantize first, then calibrate the int8 file")
+    if not args.calibrate and args.ferplus:
+        raise FerkitError("--ferplus is for --calibrate")
+    if not args.quantize and (args.calibration_images is not None or args.seed is not None):
+        raise FerkitError("--calibration-images and --seed are for --quantize")
+    if not (args.quantize or args.calibrate) and args.data:
+        raise FerkitError("--data is for --quantize and --calibrate")
     if args.split is not None:
         if len(args.run) != 1 or not onnx_in[0] or args.out or args.half or args.weights or args.tta:
             raise FerkitError("--split takes one ensemble .onnx (or bundled name) and no other option")
@@ -68,6 +82,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
+    if args.calibrate:
+        if len(args.run) != 1 or not onnx_in[0]:
+            raise FerkitError("--calibrate takes one exported model (.onnx or bundled name); export a run first")
+        if args.half or args.weights or args.tta or args.exporter != "auto" or args.opset != 17:
+            raise FerkitError("--calibrate keeps the model's graph, weights and TTA: no --half, --weights, --tta, "
+                              "--exporter or --opset with it")
+        if not args.data:
+            raise FerkitError("--calibrate needs --data FER2013.csv: its PublicTest split fits the temperature")
+        from ..calibrate import calibrate_onnx
+
+        with contextlib.redirect_stdout(sys.stderr):
+            info = calibrate_onnx(args.run[0], args.out, data=args.data,
+                                  **({"ferplus": args.ferplus} if args.ferplus else {}))
+        b, a = info["before"], info["after"]
+        summary = (f"temperature {info['temperature']:g} fitted on {info['split']} ({info['n']} faces, tta "
+                   f"{info['tta']}): log-loss {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.2%} -> {a['ece']:.2%}, "
+                   f"mean top probability {b['confidence']:.2%} -> {a['confidence']:.2%}")
+        info = {k: v for k, v in info.items() if k != "metadata"} if args.json else info
+        return _report(info, summary, args.json)
     if args.quantize:
         if len(args.run) != 1 or not onnx_in[0]:
             raise FerkitError("--quantize takes one exported model (.onnx or bundled name); export a run first")

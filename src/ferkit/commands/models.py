@@ -130,7 +130,8 @@ def describe_bundled() -> list[dict]:
             notes.append("distilled")
         weights = (prov.get("quantization") or {}).get("mode") or prov.get("weights_dtype") or "float32"
         rows.append({"name": name, "arch": arch, "label_set": meta.get("label_set"), "labels": list(meta.get("labels") or []),
-                     "tta": meta.get("tta"), "weights": weights, "mb": round(os.path.getsize(path) / 1e6, 1),
+                     "tta": meta.get("tta"), "weights": weights, "temperature": float(meta.get("temperature") or 1.0),
+                     "mb": round(os.path.getsize(path) / 1e6, 1),
                      "training": ", ".join(notes) or "FER2013 labels", "path": str(path)})
     return rows
 
@@ -156,9 +157,11 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
-            print(_table(rows, ["name", "architecture", "labels", "default TTA", "weights", "MB", "trained on"],
-                         [[r["name"], r["arch"], str(r["label_set"]), str(r["tta"]), r["weights"], f"{r['mb']:.1f}",
-                           r["training"]] for r in rows], right=(5,)))
+            print(_table(rows, ["name", "architecture", "labels", "default TTA", "weights", "temperature", "MB",
+                                "trained on"],
+                         [[r["name"], r["arch"], str(r["label_set"]), str(r["tta"]), r["weights"],
+                           f"{r['temperature']:g}" if r["temperature"] != 1.0 else "- (raw)", f"{r['mb']:.1f}",
+                           r["training"]] for r in rows], right=(5, 6)))
             print("(use one with --model NAME; model cards: docs/models/<name>/MODEL_CARD.md)")
         return 0
     rows = describe_models()

@@ -82,7 +82,7 @@ def _score(lm, faces: np.ndarray, labels: np.ndarray, tta: str | None = None) ->
     from ..metrics import macro_f1
     from ..runtime import batched_predict
 
-    probs, _ = batched_predict(lm.forward, faces, lm.spec, tta=tta or lm.default_tta)
+    probs, _ = batched_predict(lm.forward, faces, lm.spec, tta=tta or lm.default_tta, temperature=lm.temperature)
     pred = probs.argmax(1)
     return {"accuracy": float((pred == labels).mean()), "macro_f1": float(macro_f1(labels, pred, len(lm.labels)))}
 
