@@ -653,6 +653,35 @@ def test_quantize_int8_keeps_the_metadata_calibrates_on_training_and_agrees_with
     assert sorted(map(bytes, calib)) == sorted(map(bytes, train))
 
 
+def test_quantize_widens_a_float16_ensemble_exactly_before_quantizing(exported_pair, tiny_run, tmp_path):
+    from ferkit.onnx_ensemble import _session, combine_onnx, float_weights
+    from ferkit.quantize import quantize_onnx
+
+    csv = tiny_run[0]
+    half = combine_onnx(list(exported_pair[:2]), tmp_path / "half.onnx", half=True, tta="flip")["path"]
+    proto = onnx.load(half)
+    n_casts = sum(1 for n in proto.graph.node if n.op_type == "Cast")
+    assert float_weights(proto) == n_casts > 0
+    assert not any(n.op_type == "Cast" for n in proto.graph.node)
+    assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+    x = prepare_faces(np.random.default_rng(5).integers(0, 256, (23, 48, 48), dtype=np.uint8), PreprocessSpec())
+    # the widened graph computes exactly what the float16 file computes (float16 values are float32 values)
+    np.testing.assert_array_equal(_session(proto)(x), _session(half)(x))
+    assert float_weights(proto) == 0  # nothing left to widen
+    info = quantize_onnx(half, tmp_path / "q.onnx", data=csv, n_images=60)
+    q = EmotionClassifier(tmp_path / "q.onnx")
+    record = q.metadata["provenance"]["quantization"]
+    assert record["source_weights"].startswith(f"float16, {n_casts} tensors widened")
+    assert q.metadata["provenance"]["weights_dtype"] == "int8" and q.tta == "flip"
+    assert q.metadata["arch_kwargs"] == EmotionClassifier(half).metadata["arch_kwargs"]
+    assert info["agreement"] >= 0.97
+    from ferkit.data.fer2013 import load_fer2013
+
+    data = load_fer2013(csv)
+    faces = data.images[data.split("PublicTest")]  # faces it was not calibrated on
+    assert (q.predict(faces) == EmotionClassifier(half).predict(faces)).mean() >= 0.85
+
+
 def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported_pair, tmp_path, capfd):
     from ferkit.onnx_ensemble import combine_onnx
     from ferkit.quantize import quantize_onnx
@@ -670,9 +699,6 @@ def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported
     quantize_onnx(source, out, data=csv, n_images=50)
     with pytest.raises(FerkitError, match="already quantized"):
         quantize_onnx(out, tmp_path / "qq.onnx", data=csv)
-    half = combine_onnx(list(exported_pair[:2]), tmp_path / "half.onnx", half=True)["path"]
-    with pytest.raises(FerkitError, match="float16"):
-        quantize_onnx(half, tmp_path / "qh.onnx", data=csv)
     with pytest.raises(FerkitError, match="positive integer"):
         quantize_onnx(source, tmp_path / "q0.onnx", data=csv, n_images=0)
     capfd.readouterr()

@@ -69,7 +69,8 @@ def _quantization_lines(prov: dict) -> list[str]:
         return []
     cal = q.get("calibration") or {}
     return [f"- Weights: {q.get('mode')} ({q.get('format')}: {q.get('activations')} activations, {q.get('weights')} "
-            f"weights), quantized from `{q.get('source')}` (sha256 `{str(q.get('source_sha256'))[:16]}...`) with "
+            f"weights), quantized from `{q.get('source')}` (sha256 `{str(q.get('source_sha256'))[:16]}...`"
+            f"{'; its float16 weights widened exactly to float32 first' if q.get('source_weights') else ''}) with "
             f"onnxruntime {q.get('onnxruntime')}, {cal.get('method')} scales from {cal.get('images')} random "
             f"{cal.get('split')} faces (seed {cal.get('seed')}); every figure below is the int8 model's"]
 

@@ -155,6 +155,35 @@ def half_weights(proto, min_elements: int = HALF_MIN_ELEMENTS) -> int:
     return len(casts)
 
 
+def float_weights(proto) -> int:
+    """The inverse of :func:`half_weights`, in place: each float16 initializer read through a Cast to float32
+    becomes the float32 tensor that Cast produced (exact: every float16 value is a float32 value), and the
+    Cast goes. Returns the number of tensors widened; the graph computes exactly what it did before."""
+    onnx = _onnx()
+    from onnx import TensorProto, numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    casts = [n for n in graph.node if n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in inits
+             and inits[n.input[0]].data_type == TensorProto.FLOAT16 and uses[n.input[0]] == 1
+             and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)]
+    widened = [numpy_helper.from_array(numpy_helper.to_array(inits[n.input[0]]).astype(np.float32), n.output[0])
+               for n in casts]
+    gone = {n.input[0] for n in casts}
+    keep_nodes = [n for n in graph.node if not any(n is c for c in casts)]
+    keep_inits = [t for t in graph.initializer if t.name not in gone]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits + widened)
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    onnx.checker.check_model(proto)
+    return len(casts)
+
+
 def _session(proto_or_path):
     """An onnxruntime session (one thread) on a ModelProto or a file; ``run(x)`` gives the logits."""
     import onnxruntime as ort

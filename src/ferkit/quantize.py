@@ -14,6 +14,10 @@ int8 into 16-bit sums that saturate with full-range weights, which cost the bund
 PublicTest accuracy in a pilot (63.75% against 65.51%; 65.23% with 7-bit weights). The written file is checked
 against its source on the calibration faces: at least ``min_agreement`` of the top-1 predictions must be the
 same, or nothing is written.
+
+A model stored with float16 weights (an ensemble written with ``--half``) is first widened exactly to float32
+(:func:`ferkit.onnx_ensemble.float_weights`: each float16 tensor becomes the float32 tensor its Cast made), so
+the int8 scales come from the weights the file really computes with.
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
     from .data.fer2013 import file_sha256
     from .export import set_ferkit_metadata
     from .metrics import softmax
-    from .onnx_ensemble import _load, _out_path, _session, _write
+    from .onnx_ensemble import _load, _out_path, _session, _write, float_weights
 
     out = _out_path(out_path)
     source_path = resolve_model_path(model)
@@ -80,9 +84,6 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
     prov = dict(meta.get("provenance") or {})
     if prov.get("quantization"):
         raise FerkitError(f"{source} is already quantized ({prov['quantization'].get('mode')})")
-    if prov.get("weights_dtype") == "float16":
-        raise FerkitError(f"{source} stores float16 weights; quantize its float32 form (export the ensemble "
-                          "without --half), so that the int8 scales come from the float32 weights")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     faces, calib = calibration_faces(data, n_images, seed)
     data_sha = (prov.get("data") or {}).get("data_sha256") or prov.get("data_sha256")
@@ -101,7 +102,10 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
 
     with tempfile.TemporaryDirectory(prefix="ferkit-quant-") as tmp_dir:
         tmp = Path(tmp_dir)
-        quant_pre_process(str(source_path), str(tmp / "pre.onnx"))
+        widened = float_weights(proto)  # 0 for a model stored in float32
+        if widened:
+            onnx.save(proto, str(tmp / "float32.onnx"))
+        quant_pre_process(str(tmp / "float32.onnx") if widened else str(source_path), str(tmp / "pre.onnx"))
         quantize_static(str(tmp / "pre.onnx"), str(tmp / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         reduce_range=True)
@@ -112,10 +116,15 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
         quantization = {
             "mode": mode, "format": "QDQ", "activations": "uint8", "weights": "int8 per channel, 7-bit range",
             "calibration": {**calib, "method": "MinMax"}, "source": str(model), "source_sha256": file_sha256(source_path),
+            **({"source_weights": f"float16, {widened} tensors widened exactly to float32 before quantization"}
+               if widened else {}),
             "onnxruntime": onnxruntime.__version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        new_meta = {**meta, "provenance": {**prov, "quantization": quantization}}
+        new_prov = {**prov, "quantization": quantization}
+        if "weights_dtype" in prov:  # an ensemble's record of how its weights are stored
+            new_prov["weights_dtype"] = "int8"
+        new_meta = {**meta, "provenance": new_prov}
         set_ferkit_metadata(qproto, new_meta)
         qproto.doc_string = (proto.doc_string + " " if proto.doc_string else "") + "(int8, static QDQ quantization)"
         onnx.checker.check_model(qproto)
