@@ -25,7 +25,9 @@ in the CSV (``--csv``, default ``../shared/data/fer2013/fer2013.csv.gz``, read w
 fer's label order is angry, disgust, fear, happy, sad, surprise, neutral (``fer.FER._get_labels``), the same
 ids as FER2013; predictions of every model are mapped to FER2013 ids by label name before scoring.
 
-Columns: accuracy and macro-F1 (:mod:`ferkit.metrics`, over the 7 classes), faces/s at batch 64 (the whole
+Columns: accuracy and macro-F1 (:mod:`ferkit.metrics`, over the 7 classes), log-loss (mean negative
+log-likelihood of the true label, nats) and ECE (expected calibration error of the top probability, 15 bins:
+how far a model's stated confidence is from how often it is right), faces/s at batch 64 (the whole
 split in batches of 64, preprocessing included, best of ``--rounds`` passes, the passes interleaved
 across models so that someone else's load does not hit one model only), and ratios against fer (keras)
 on the same split in the same run. All engines use ``--threads`` threads. With FER+'s ``fer2013new.csv``
@@ -110,7 +112,8 @@ class BackendUnavailable(Exception):
 
 @dataclass
 class Engine:
-    """One model under test: ``predict_batch`` maps uint8 (N, 48, 48) faces to (N,) FER2013 label ids."""
+    """One model under test: ``predict_batch`` maps uint8 (N, 48, 48) faces to float (N, 7) probabilities,
+    columns in FER2013's label order (``EMOTIONS``)."""
 
     name: str
     description: str
@@ -129,6 +132,8 @@ class Row:
     accuracy_minus_fer: float | None = None  # percentage points
     ferplus_faces: int | None = None      # faces with a clear FER+ majority in the 7 classes
     accuracy_ferplus: float | None = None  # accuracy against that majority (same predictions)
+    log_loss: float | None = None          # mean negative log-likelihood of the true label (nats)
+    ece: float | None = None               # expected calibration error of the top probability (15 bins)
 
 
 def label_map(model_labels: Sequence[str], who: str) -> np.ndarray:
@@ -142,6 +147,13 @@ def label_map(model_labels: Sequence[str], who: str) -> np.ndarray:
     return np.array([EMOTIONS.index(name) for name in model_labels], dtype=np.int64)
 
 
+def to_fer_columns(probs: np.ndarray, to_fer: np.ndarray) -> np.ndarray:
+    """A model's (N, 7) probabilities -> the same probabilities with columns in FER2013's label order."""
+    out = np.empty_like(probs)
+    out[:, to_fer] = probs
+    return out
+
+
 # -- ferkit ------------------------------------------------------------------------------------------
 
 def ferkit_engine(model: str | None, threads: int) -> Engine:
@@ -151,7 +163,7 @@ def ferkit_engine(model: str | None, threads: int) -> Engine:
     to_fer = label_map(clf.labels, f"ferkit model {clf.path}")
 
     def predict(faces: np.ndarray) -> np.ndarray:
-        return to_fer[clf.predict(faces)]
+        return to_fer_columns(clf.predict_proba(faces), to_fer)
 
     desc = (f"ferkit: {clf.path.name} (arch {clf.metadata.get('arch')}, input {clf.input_size}x{clf.input_size}, "
             f"tta {clf.tta}, onnxruntime, {clf.threads} threads)")
@@ -218,7 +230,7 @@ def fer_keras_engine(threads: int) -> Engine:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3 warns that a bare array does not match the input name
             probs = np.asarray(model(x))  # fer calls the model object on the batch (eager)
-        return to_fer[probs.argmax(axis=1)]
+        return to_fer_columns(probs, to_fer)
 
     desc = (f"fer (keras): fer/data/emotion_model.hdf5 ({model.count_params():,} parameters, input {w}x{h}), "
             f"tensorflow {tf.__version__} / keras, model(batch), {threads} intra-op threads")
@@ -250,7 +262,7 @@ def fer_tflite_engine(threads: int) -> Engine:
             interp.set_tensor(inp["index"], x[i:i + 1])
             interp.invoke()
             probs[i] = interp.get_tensor(out["index"])[0]
-        return to_fer[probs.argmax(axis=1)]
+        return to_fer_columns(probs, to_fer)
 
     desc = (f"fer (tflite): fer/data/{path.name} (fer.FER()'s default model, input {w}x{h}), "
             f"tf.lite.Interpreter, one face per invoke(), {threads} threads")
@@ -260,43 +272,47 @@ def fer_tflite_engine(threads: int) -> Engine:
 # -- measuring ------------------------------------------------------------------------------------
 
 def predict_split(engine: Engine, faces: np.ndarray) -> tuple[np.ndarray, float]:
-    """All faces in batches of 64 -> (FER2013 ids (N,), seconds of wall time, preprocessing included)."""
+    """All faces in batches of 64 -> (probabilities (N, 7) in FER2013's label order, seconds of wall time,
+    preprocessing included)."""
     t0 = time.perf_counter()
     parts = [engine.predict_batch(faces[lo:lo + BATCH]) for lo in range(0, len(faces), BATCH)]
     dt = time.perf_counter() - t0
-    return (np.concatenate(parts) if parts else np.zeros(0, np.int64)), dt
+    return (np.concatenate(parts) if parts else np.zeros((0, len(EMOTIONS)), np.float32)), dt
 
 
 def evaluate(engines: list[Engine], splits: dict[str, tuple[np.ndarray, np.ndarray]], rounds: int,
              ferplus: dict[str, np.ndarray] | None = None) -> list[Row]:
-    """Accuracy, macro-F1 and best-of-``rounds`` faces/s of every engine on every split (interleaved).
+    """Accuracy, macro-F1, log-loss, calibration error and best-of-``rounds`` faces/s of every engine on every
+    split (interleaved).
 
     ferplus: per split, the FER+ majority label (FER2013 ids, -1 = no clear majority) of every face; the
     same predictions are then also scored against it."""
-    from ferkit.metrics import accuracy, macro_f1
+    from ferkit.metrics import accuracy, calibration, cross_entropy, macro_f1
 
     for e in engines:  # warm-up: first calls trace graphs / allocate arenas
         e.predict_batch(next(iter(splits.values()))[0][:BATCH])
-    preds: dict[tuple[str, str], np.ndarray] = {}
+    probs: dict[tuple[str, str], np.ndarray] = {}
     best: dict[tuple[str, str], float] = {}
     for r in range(rounds):
         for e in engines:
             for split, (faces, _) in splits.items():
-                y_pred, dt = predict_split(e, faces)
+                p, dt = predict_split(e, faces)
                 key = (e.name, split)
                 if r == 0:
-                    preds[key] = y_pred
-                elif not np.array_equal(preds[key], y_pred):  # scores come from the first pass
-                    changed = int((preds[key] != y_pred).sum())
+                    probs[key] = p
+                elif not np.array_equal(probs[key].argmax(1), p.argmax(1)):  # scores come from the first pass
+                    changed = int((probs[key].argmax(1) != p.argmax(1)).sum())
                     print(f"note: {e.name} changed {changed} predictions on {split} between passes (not deterministic)")
                 best[key] = min(best.get(key, float("inf")), dt)
     rows = []
     for e in engines:
         for split, (faces, y_true) in splits.items():
-            y_pred = preds[(e.name, split)]
+            p = probs[(e.name, split)]
+            y_pred = p.argmax(axis=1)
             dt = best[(e.name, split)]
             row = Row(e.name, split, len(faces), accuracy(y_true, y_pred), macro_f1(y_true, y_pred, len(EMOTIONS)),
-                      len(faces) / dt if dt > 0 else float("inf"))
+                      len(faces) / dt if dt > 0 else float("inf"), log_loss=cross_entropy(p, y_true),
+                      ece=calibration(p, y_true)["ece"])
             if ferplus is not None and split in ferplus:
                 keep = ferplus[split] >= 0
                 row.ferplus_faces = int(keep.sum())
@@ -474,15 +490,16 @@ def run_faces_dev(args) -> list[list[str]] | None:
 
 def print_table(title: str, rows: list[Row]) -> None:
     with_fp = any(r.accuracy_ferplus is not None for r in rows)
-    headers = ["model", "split", "faces", "accuracy", "macro-F1", "faces/s (batch 64)", "speed vs fer",
-               "accuracy vs fer"] + (["accuracy vs FER+ majority (faces)"] if with_fp else [])
+    headers = ["model", "split", "faces", "accuracy", "macro-F1", "log-loss", "ECE", "faces/s (batch 64)",
+               "speed vs fer", "accuracy vs fer"] + (["accuracy vs FER+ majority (faces)"] if with_fp else [])
     cells = [headers]
     for r in rows:
         fp = ([] if not with_fp else
               ["-" if r.accuracy_ferplus is None else f"{100 * r.accuracy_ferplus:.2f}% ({r.ferplus_faces:,})"])
         cells.append([
             r.model + (" (baseline)" if r.model == BASELINE else ""), r.split, f"{r.faces:,}",
-            f"{100 * r.accuracy:.2f}%", f"{r.macro_f1:.4f}", f"{r.faces_per_s:,.0f}",
+            f"{100 * r.accuracy:.2f}%", f"{r.macro_f1:.4f}", "-" if r.log_loss is None else f"{r.log_loss:.4f}",
+            "-" if r.ece is None else f"{100 * r.ece:.2f}%", f"{r.faces_per_s:,.0f}",
             "-" if r.speed_vs_fer is None else f"{r.speed_vs_fer:.2f}x",
             "-" if r.accuracy_minus_fer is None else f"{r.accuracy_minus_fer:+.2f} pts",
         ] + fp)

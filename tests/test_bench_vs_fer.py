@@ -13,7 +13,7 @@ def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly
                                                                                  load_benchmark):
     pytest.importorskip("onnxruntime")
     from ferkit.data.fer2013 import load_fer2013
-    from ferkit.metrics import accuracy, macro_f1
+    from ferkit.metrics import accuracy, calibration, cross_entropy, macro_f1
     from ferkit.runtime import EmotionClassifier, bundled_models
 
     if "default" not in bundled_models():
@@ -56,6 +56,9 @@ def test_bench_vs_fer_ferkit_rows_match_direct_computation_and_fer_skips_cleanly
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["macro_f1"] <= 1.0
         assert r["accuracy"] == pytest.approx(accuracy(y_true, y_pred), abs=1e-12)
         assert r["macro_f1"] == pytest.approx(macro_f1(y_true, y_pred, 7), abs=1e-12)
+        probs = clf.predict_proba(faces)  # with the model's own temperature, as a user gets them
+        assert r["log_loss"] == pytest.approx(cross_entropy(probs, y_true), abs=1e-6)
+        assert r["ece"] == pytest.approx(calibration(probs, y_true)["ece"], abs=1e-6)
         assert np.isfinite(r["faces_per_s"]) and r["faces_per_s"] > 0
         assert r["speed_vs_fer"] is None and r["accuracy_minus_fer"] is None  # no baseline in this run
         # the printed row shows the same accuracy
@@ -176,3 +179,13 @@ def test_real_photo_rows_equal_ferkit_analyze_and_skip_fer_cleanly(tmp_path, mon
     rc = bench.main(["--csv", str(csv_path), "--threads", "1", "--rounds", "1", "--no-fer",
                      "--faces-dev", str(tmp_path / "nowhere")])
     assert rc == 0 and "real-photo rows skipped" in capsys.readouterr().out
+
+
+def test_probabilities_are_put_in_fer2013_order_by_label_name(load_benchmark):
+    bench = load_benchmark("bench_vs_fer")
+    names = ["neutral", "happy", "sad", "angry", "surprise", "fear", "disgust"]  # some other model's order
+    to_fer = bench.label_map(names, "test model")
+    probs = np.arange(14, dtype=np.float32).reshape(2, 7)
+    out = bench.to_fer_columns(probs, to_fer)
+    for j, name in enumerate(names):
+        np.testing.assert_array_equal(out[:, bench.EMOTIONS.index(name)], probs[:, j])
