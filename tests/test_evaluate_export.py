@@ -819,6 +819,9 @@ def test_calibrate_writes_the_temperature_that_every_reader_applies(tiny_run, tm
                                                                 r_raw["y_true"]), abs=1e-4)
     assert r_cal["calibration"]["ece"] == pytest.approx(metrics.calibration(r_cal["probs"], r_cal["y_true"])["ece"])
     assert evaluate(out, str(csv), split="PrivateTest", temperature=1.0)["loss"] == pytest.approx(r_raw["loss"])
+    # a classifier passed in keeps its own temperature unless one is given
+    assert evaluate(cal, str(csv), split="PrivateTest")["temperature"] == t
+    assert evaluate(cal, str(csv), split="PrivateTest", temperature=1.0)["loss"] == pytest.approx(r_raw["loss"])
     assert cli_main(["evaluate", str(out), "--data", str(csv)]) == 0
     assert f"temperature {t:g}" in capfd.readouterr().out
     # the model card says so

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FerkitError
-from .metrics import calibration, scale_temperature
+from .metrics import calibration, cross_entropy, scale_temperature
 
 FIT_SPLITS = ("PublicTest", "Training")
 T_MIN, T_MAX = 0.05, 20.0
@@ -37,9 +37,7 @@ T_MIN, T_MAX = 0.05, 20.0
 def temperature_nll(probs: np.ndarray, y: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood (nats) of the true classes after scaling ``probs`` by ``temperature``."""
     z = np.log(np.clip(np.asarray(probs, np.float64), 1e-30, None)) / float(temperature)
-    z -= z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1))
-    return float(-(z[np.arange(len(y)), y] - lse).mean())
+    return cross_entropy(z, y, from_logits=True)  # exact log-softmax of log(p) / T
 
 
 def fit_temperature(probs: np.ndarray, y_true, *, lo: float = T_MIN, hi: float = T_MAX) -> float:
@@ -105,7 +103,8 @@ def calibrate_onnx(model, out_path: str | os.PathLike, *, data, split: str = "Pu
     before, after = summary(probs), summary(scaled)
     prov = dict(meta.get("provenance") or {})
     prov["temperature_scaling"] = {
-        "temperature": t, "source": str(model), "source_sha256": file_sha256(resolve_model_path(model)), "split": split, "n": int(len(y)), "tta": r["tta"], "data_sha256": r.get("data_sha256"),
+        "temperature": t, "source": str(model), "source_sha256": file_sha256(resolve_model_path(model)),
+        "split": split, "n": int(len(y)), "tta": r["tta"], "data_sha256": r.get("data_sha256"),
         "ferplus": (r.get("ferplus") or {}).get("protocol") if r.get("ferplus") else None,
         "fit": "minimum negative log-likelihood over log T in [0.05, 20]", "before": before, "after": after,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

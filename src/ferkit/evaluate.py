@@ -60,8 +60,8 @@ def load_model(model, *, threads: int | None = None, temperature: float | None =
     """A run dir / checkpoint path / checkpoint dict (torch) or an .onnx path / bundled name /
     EmotionClassifier (onnxruntime) -> :class:`LoadedModel`.
 
-    temperature: None = the model's own (an exported model's ``ferkit_temperature``; 1.0 for a checkpoint
-    and for an EmotionClassifier passed in, which keeps its own), else this value."""
+    temperature: None = the model's own (an exported model's ``ferkit_temperature``, or the ``temperature`` of
+    an EmotionClassifier passed in; 1.0 for a checkpoint), else this value."""
     if is_onnx_ref(model):
         if isinstance(model, EmotionClassifier):
             clf = model
@@ -73,8 +73,7 @@ def load_model(model, *, threads: int | None = None, temperature: float | None =
             default_tta=clf.tta, kind="onnx",  # a passed-in classifier keeps its own TTA choice
             name=str(model) if isinstance(model, (str, os.PathLike)) else str(clf.path),
             arch=clf.metadata.get("arch"), data_info=prov.get("data") or {},
-            temperature=clf.temperature if temperature is None or isinstance(model, EmotionClassifier)
-            else check_temperature(temperature),
+            temperature=clf.temperature if temperature is None else check_temperature(temperature),
         )
     lm = _load_torch(model, threads=threads)
     lm.temperature = check_temperature(temperature)
