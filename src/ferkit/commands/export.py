@@ -83,13 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
     if args.calibrate:
-        if len(args.run) != 1 or not onnx_in[0]:
-            raise FerkitError("--calibrate takes one exported model (.onnx or bundled name); export a run first")
-        if args.half or args.weights or args.tta or args.exporter != "auto" or args.opset != 17:
-            raise FerkitError("--calibrate keeps the model's graph, weights and TTA: no --half, --weights, --tta, "
-                              "--exporter or --opset with it")
-        if not args.data:
-            raise FerkitError("--calibrate needs --data FER2013.csv: its PublicTest split fits the temperature")
+        _one_exported_model(args, onnx_in, "--calibrate", "its PublicTest split fits the temperature")
         from ..calibrate import calibrate_onnx
 
         with contextlib.redirect_stdout(sys.stderr):
@@ -99,16 +93,9 @@ def run(args: argparse.Namespace) -> int:
         summary = (f"temperature {info['temperature']:g} fitted on {info['split']} ({info['n']} faces, tta "
                    f"{info['tta']}): log-loss {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.2%} -> {a['ece']:.2%}, "
                    f"mean top probability {b['confidence']:.2%} -> {a['confidence']:.2%}")
-        info = {k: v for k, v in info.items() if k != "metadata"} if args.json else info
         return _report(info, summary, args.json)
     if args.quantize:
-        if len(args.run) != 1 or not onnx_in[0]:
-            raise FerkitError("--quantize takes one exported model (.onnx or bundled name); export a run first")
-        if args.half or args.weights or args.tta or args.exporter != "auto" or args.opset != 17:
-            raise FerkitError("--quantize keeps the model's graph, weights' source and TTA: no --half, --weights, "
-                              "--tta, --exporter or --opset with it")
-        if not args.data:
-            raise FerkitError("--quantize needs --data FER2013.csv: the Training faces that set the int8 scales")
+        _one_exported_model(args, onnx_in, "--quantize", "the Training faces that set the int8 scales")
         from ..quantize import DEFAULT_CALIBRATION_IMAGES, quantize_onnx
 
         n = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
@@ -150,6 +137,19 @@ def run(args: argparse.Namespace) -> int:
                f"{meta['input_size']}), opset {info['opset']}, exporter {info['exporter']}, tta {meta['tta']}, "
                f"max |onnx - torch| = {info['max_abs_diff']:.2e}")
     return _report(info, summary, args.json)
+
+
+def _one_exported_model(args: argparse.Namespace, onnx_in: list[bool], flag: str, data_for: str) -> None:
+    """--quantize / --calibrate: exactly one exported model, its graph and TTA kept, and --data."""
+    from ..errors import FerkitError
+
+    if len(args.run) != 1 or not onnx_in[0]:
+        raise FerkitError(f"{flag} takes one exported model (.onnx or bundled name); export a run first")
+    if args.half or args.weights or args.tta or args.exporter != "auto" or args.opset != 17:
+        raise FerkitError(f"{flag} keeps the model's graph and TTA: no --half, --weights, --tta, --exporter or "
+                          "--opset with it")
+    if not args.data:
+        raise FerkitError(f"{flag} needs --data FER2013.csv: {data_for}")
 
 
 def _report(info: dict, summary: str, as_json: bool) -> int:
