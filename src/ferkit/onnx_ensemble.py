@@ -168,13 +168,15 @@ def float_weights(proto) -> int:
     for n in graph.node:
         for i in n.input:
             uses[i] = uses.get(i, 0) + 1
-    casts = [n for n in graph.node if n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in inits
-             and inits[n.input[0]].data_type == TensorProto.FLOAT16 and uses[n.input[0]] == 1
-             and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)]
+    nodes = list(graph.node)
+    cast_at = {i for i, n in enumerate(nodes) if n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in inits
+               and inits[n.input[0]].data_type == TensorProto.FLOAT16 and uses[n.input[0]] == 1
+               and any(a.name == "to" and a.i == TensorProto.FLOAT for a in n.attribute)}
+    casts = [nodes[i] for i in sorted(cast_at)]
     widened = [numpy_helper.from_array(numpy_helper.to_array(inits[n.input[0]]).astype(np.float32), n.output[0])
                for n in casts]
     gone = {n.input[0] for n in casts}
-    keep_nodes = [n for n in graph.node if not any(n is c for c in casts)]
+    keep_nodes = [n for i, n in enumerate(nodes) if i not in cast_at]
     keep_inits = [t for t in graph.initializer if t.name not in gone]
     del graph.initializer[:]
     graph.initializer.extend(keep_inits + widened)
