@@ -91,9 +91,13 @@ def main(argv=None) -> int:
         own = EmotionClassifier(m).temperature
         kw = {"ferplus": args.ferplus} if clf.label_set == "ferplus8" else {}
         sets = {}
-        for s in splits:
-            r = evaluate(clf, args.data, split=s, return_probs=True, **kw)
-            sets[s] = (r["probs"], r["y_true"])
+        try:
+            for s in splits:
+                r = evaluate(clf, args.data, split=s, return_probs=True, **kw)
+                sets[s] = (r["probs"], r["y_true"])
+        except FerkitError as e:  # e.g. a FER+ model without fer2013new.csv
+            print(f"{m}: {e}")
+            continue
         if have_dev:
             sets["faces-dev"] = faces_dev_probs(clf, images, dets, y_dev)
         temps = [("raw", 1.0)] + ([("own", own)] if own != 1.0 else [])

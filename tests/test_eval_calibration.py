@@ -60,6 +60,12 @@ def test_fer2013_rows_match_a_direct_computation(tmp_path, load_benchmark, capsy
     assert bench.main(["--models", str(tmp_path / "missing.onnx"), "--data", str(data), "--faces-dev",
                        str(tmp_path / "nowhere")]) == 0
     assert "missing.onnx" in capsys.readouterr().out
+    # a FER+ model whose votes file is missing is reported and skipped
+    if "ferplus" in bundled_models():
+        assert bench.main(["--models", "default,ferplus", "--data", str(data), "--ferplus", str(tmp_path / "no.csv"),
+                           "--faces-dev", str(tmp_path / "nowhere")]) == 0
+        out = capsys.readouterr().out
+        assert "| default" in out and "no.csv" in out and "| ferplus" not in out
     assert bench.main(["--data", str(tmp_path / "none.csv")]) == 0
     assert "FER2013 not found" in capsys.readouterr().out
 
