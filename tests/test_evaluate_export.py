@@ -834,6 +834,16 @@ def test_calibrate_writes_the_temperature_that_every_reader_applies(tiny_run, tm
     again = tmp_path / "again.onnx"
     cli_main(["export", str(out), "--calibrate", "--data", str(csv), "--out", str(again)])
     assert EmotionClassifier(again).temperature == t
+    # a training run in one step: exported, then calibrated; its origin is the run
+    from_run = tmp_path / "from_run.onnx"
+    assert cli_main(["export", str(tiny_run[1]), "--calibrate", "--data", str(csv), "--out", str(from_run)]) == 0
+    capfd.readouterr()
+    one_step = EmotionClassifier(from_run)
+    assert one_step.temperature == t and one_step.metadata["arch"] == raw.metadata["arch"]
+    record = one_step.metadata["provenance"]["temperature_scaling"]
+    assert record["source"] == str(tiny_run[1]) and record["source_sha256"] is None
+    np.testing.assert_allclose(one_step.predict_proba(faces), p_cal, atol=1e-5)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("from_run")] == ["from_run.onnx"]
 
 
 def test_calibrate_refuses_the_test_split_bad_temperatures_and_misuse(tiny_run, exported_pair, tmp_path, capfd):
@@ -872,7 +882,10 @@ def test_calibrate_refuses_the_test_split_bad_temperatures_and_misuse(tiny_run, 
     for argv, message in (
         (["export", str(source), "--calibrate", "--out", x], "--calibrate needs --data"),
         (["export", str(source), str(source), "--calibrate", "--data", str(csv), "--out", x], "one exported model"),
-        (["export", str(tiny_run[1]), "--calibrate", "--data", str(csv), "--out", x], "one exported model"),
+        (["export", str(tiny_run[1]), str(tiny_run[1]), "--calibrate", "--data", str(csv), "--out", x],
+         "one exported model"),
+        (["export", str(tiny_run[1]), "--calibrate", "--data", str(csv), "--half", "--out", x], "no --half"),
+        (["export", str(tiny_run[1]), "--calibrate", "--out", x], "--calibrate needs --data"),
         (["export", str(source), "--calibrate", "--quantize", "int8", "--data", str(csv), "--out", x], "two steps"),
         (["export", str(source), "--calibrate", "--data", str(csv), "--tta", "flip", "--out", x], "no --half"),
         (["export", str(source), "--ferplus", str(csv), "--out", x], "--ferplus is for --calibrate"),

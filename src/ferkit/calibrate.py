@@ -1,4 +1,5 @@
-"""Calibrated probabilities: ``ferkit export MODEL --calibrate --data fer2013.csv.gz --out M.onnx``.
+"""Calibrated probabilities: ``ferkit export MODEL --calibrate --data fer2013.csv.gz --out M.onnx`` (MODEL: an
+exported ``.onnx``, a bundled name, or a training run, which is exported first).
 
 A network's softmax says how sure it is, but not always truthfully: a model trained on FER+ vote
 distributions spreads its probability the way ten annotators spread their votes, so a face it gets right
@@ -70,11 +71,12 @@ def fit_temperature(probs: np.ndarray, y_true, *, lo: float = T_MIN, hi: float =
 
 
 def calibrate_onnx(model, out_path: str | os.PathLike, *, data, split: str = "PublicTest",
-                   threads: int | None = None, **splits_kwargs) -> dict[str, Any]:
+                   threads: int | None = None, source: str | None = None, **splits_kwargs) -> dict[str, Any]:
     """Fit the temperature of ``model`` (an ``.onnx`` path or bundled name) on ``split`` of ``data`` and write
     the model with it to ``out_path``. Other keyword arguments go to :func:`ferkit.evaluate.evaluate`
     (``ferplus=`` path of fer2013new.csv for a FER+ model). A temperature the model already has is replaced
-    (the fit starts from the raw softmax).
+    (the fit starts from the raw softmax). ``source``: what to record as the model's origin instead of
+    ``model`` (the training run, when ``model`` is a temporary export of it; no file hash is kept then).
 
     Returns ``{"path", "bytes", "source", "temperature", "split", "n", "before", "after"}`` where before/after
     hold ``nll``, ``ece``, ``brier`` and ``confidence`` on the fitting split.
@@ -89,7 +91,7 @@ def calibrate_onnx(model, out_path: str | os.PathLike, *, data, split: str = "Pu
         raise FerkitError(f"fit the temperature on PublicTest (the validation split) or Training, not {split!r}: "
                           "PrivateTest is the final test and is never used to fit anything")
     out = _out_path(out_path)
-    source, proto, meta = _load(model)
+    _, proto, meta = _load(model)
     r = evaluate(model, data, split=split, temperature=1.0, return_probs=True, threads=threads, **splits_kwargs)
     probs, y = r["probs"], r["y_true"]
     t = float(f"{fit_temperature(probs, y):.4g}")
@@ -103,7 +105,8 @@ def calibrate_onnx(model, out_path: str | os.PathLike, *, data, split: str = "Pu
     before, after = summary(probs), summary(scaled)
     prov = dict(meta.get("provenance") or {})
     prov["temperature_scaling"] = {
-        "temperature": t, "source": str(model), "source_sha256": file_sha256(resolve_model_path(model)),
+        "temperature": t, "source": source or str(model),
+        "source_sha256": None if source else file_sha256(resolve_model_path(model)),
         "split": split, "n": int(len(y)), "tta": r["tta"], "data_sha256": r.get("data_sha256"),
         "ferplus": (r.get("ferplus") or {}).get("protocol") if r.get("ferplus") else None,
         "fit": "minimum negative log-likelihood over log T in [0.05, 20]", "before": before, "after": after,
@@ -120,5 +123,6 @@ def calibrate_onnx(model, out_path: str | os.PathLike, *, data, split: str = "Pu
     finally:
         if tmp.exists():
             tmp.unlink()
-    return {"path": str(out), "bytes": out.stat().st_size, "source": source, "temperature": t, "split": split,
+    return {"path": str(out), "bytes": out.stat().st_size, "source": source or str(model), "temperature": t,
+            "split": split,
             "n": int(len(y)), "tta": r["tta"], "before": before, "after": after, "metadata": new_meta}

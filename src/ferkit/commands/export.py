@@ -7,7 +7,8 @@ and ``ferkit export accurate --split DIR`` writes an ensemble's members as files
 (:mod:`ferkit.onnx_ensemble`). ``ferkit export default --quantize int8 --data fer2013.csv.gz --out d8.onnx``
 writes an exported model's int8 quantization, calibrated on Training faces (:mod:`ferkit.quantize`).
 ``ferkit export accurate --calibrate --data fer2013.csv.gz --out a.onnx`` fits the temperature of its
-probabilities on PublicTest and writes it into the copy (:mod:`ferkit.calibrate`)."""
+probabilities on PublicTest and writes it into the copy (:mod:`ferkit.calibrate`); given a training run,
+``--calibrate`` exports it and calibrates the export in one step."""
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def register(subparsers) -> None:
                    help="with one exported model: write its static int8 quantization (onnxruntime QDQ; 1.5x "
                         "faster on a 2-core AVX2 CPU), calibrated on Training faces of --data")
     p.add_argument("--calibrate", action="store_true",
-                   help="with one exported model: fit the temperature of its probabilities on PublicTest of --data "
-                        "(minimum log-loss) and write it into the copy; predictions do not change, confidences do")
+                   help="with one exported model or one training run: fit the temperature of its probabilities on "
+                        "PublicTest of --data (minimum log-loss) and write it into the .onnx; predictions do not "
+                        "change, confidences do")
     p.add_argument("--ferplus", default=None,
                    help="--calibrate a FER+ (8-class) model: FER+ fer2013new.csv (default: the path recorded at training)")
     p.add_argument("--data", help="--quantize: the FER2013 CSV the model was trained on (its Training split "
@@ -83,12 +85,27 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
     if args.calibrate:
-        _one_exported_model(args, onnx_in, "--calibrate", "its PublicTest split fits the temperature")
         from ..calibrate import calibrate_onnx
 
-        with contextlib.redirect_stdout(sys.stderr):
-            info = calibrate_onnx(args.run[0], args.out, data=args.data,
-                                  **({"ferplus": args.ferplus} if args.ferplus else {}))
+        extra = {"ferplus": args.ferplus} if args.ferplus else {}
+        if len(args.run) == 1 and not onnx_in[0]:  # a training run: export it, then calibrate that export
+            if args.half or args.weights:
+                raise FerkitError("--calibrate with a training run exports one network: no --half or --weights")
+            if not args.data:
+                raise FerkitError("--calibrate needs --data FER2013.csv: its PublicTest split fits the temperature")
+            import tempfile
+            from pathlib import Path
+
+            from ..export import export_onnx
+
+            with tempfile.TemporaryDirectory(prefix="ferkit-export-") as tmp, contextlib.redirect_stdout(sys.stderr):
+                raw = Path(tmp) / "raw.onnx"
+                export_onnx(args.run[0], raw, opset=args.opset, tta=args.tta, exporter=args.exporter)
+                info = calibrate_onnx(raw, args.out, data=args.data, source=str(args.run[0]), **extra)
+        else:
+            _one_exported_model(args, onnx_in, "--calibrate", "its PublicTest split fits the temperature")
+            with contextlib.redirect_stdout(sys.stderr):
+                info = calibrate_onnx(args.run[0], args.out, data=args.data, **extra)
         b, a = info["before"], info["after"]
         summary = (f"temperature {info['temperature']:g} fitted on {info['split']} ({info['n']} faces, tta "
                    f"{info['tta']}): log-loss {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.2%} -> {a['ece']:.2%}, "
