@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
             from pathlib import Path
 
             from ..export import export_onnx
+            from ..onnx_ensemble import _out_path
+
+            _out_path(args.out)  # a bad --out is refused before the export, not after it
 
             with tempfile.TemporaryDirectory(prefix="ferkit-export-") as tmp, contextlib.redirect_stdout(sys.stderr):
                 raw = Path(tmp) / "raw.onnx"
