@@ -704,7 +704,8 @@ def test_responses_close_the_connection_once_the_worker_is_due_for_recycling():
                     "headers": [(b"content-type", b"text/plain"), (b"Connection", b"keep-alive")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    mw = CloseBeforeRecycling(inner, limit=3)
+    stops = []
+    mw = CloseBeforeRecycling(inner, limit=3, on_limit=lambda: stops.append(mw.count), exit_delay=0.05)
 
     async def one(kind="http"):
         sent = []
@@ -725,6 +726,7 @@ def test_responses_close_the_connection_once_the_worker_is_due_for_recycling():
     assert conn == [[b"keep-alive"], [b"keep-alive"], [b"close"], [b"close"]]
     assert all(r[1] == {"type": "http.response.body", "body": b"ok"} for r in results)
     assert mw.count == 4
+    assert stops == [3]  # the worker's own shutdown starts once, at the limit-th request, before it answers
 
 
 def test_killing_the_supervisor_takes_the_workers_down(tmp_path):
