@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _table import print_table  # noqa: E402
-from eval_faces_dev import Scorer, data_dir, load_faces_dev, run_detector  # noqa: E402
+from eval_faces_dev import Scorer, crop_probs, data_dir, load_faces_dev, run_detector  # noqa: E402
 
 from ferkit.calibrate import fit_temperature, temperature_nll  # noqa: E402
 from ferkit.errors import FerkitError  # noqa: E402
-from ferkit.faces import as_gray, get_detector  # noqa: E402
-from ferkit.faces.align import CropSpec, crop_faces  # noqa: E402
+from ferkit.faces import get_detector  # noqa: E402
+from ferkit.faces.align import CropSpec  # noqa: E402
 from ferkit.metrics import calibration, scale_temperature  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -48,11 +48,10 @@ def row_metrics(probs: np.ndarray, y: np.ndarray, t: float) -> dict:
 
 def faces_dev_probs(clf, images, dets, y_fer7):
     """Raw (T = 1) probabilities of the found faces whose label the model has, and those labels."""
-    sc = Scorer(clf, y_fer7)
-    crop = getattr(get_detector("yunet"), "default_crop", CropSpec())
-    idx = [i for i, d in enumerate(dets) if d is not None and sc.y[i] >= 0]
-    crops = [crop_faces(as_gray(images[i]), [dets[i]], crop)[0] for i in idx]
-    return clf.predict_proba(crops), sc.y[idx]
+    y = Scorer(clf, y_fer7).y
+    idx, probs = crop_probs(clf, images, dets, getattr(get_detector("yunet"), "default_crop", CropSpec()))
+    keep = y[idx] >= 0
+    return probs[keep], y[idx][keep]
 
 
 def main(argv=None) -> int:
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
         except FerkitError as e:
             print(f"{m}: {e}")
             continue
-        own = EmotionClassifier(m).temperature
+        own = clf.default_temperature
         kw = {"ferplus": args.ferplus} if clf.label_set == "ferplus8" else {}
         sets = {}
         try:

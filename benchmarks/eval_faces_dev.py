@@ -157,20 +157,26 @@ class Scorer:
                 for i in range(len(self.labels))]
 
 
-def predict_crops(clf, images, dets, crop: CropSpec, spec=None):
-    """Model label id per image from the crop of its detection (-1 where no detection)."""
+def crop_probs(clf, images, dets, crop: CropSpec, spec=None):
+    """(indices of the images with a detection, the model's probabilities for the crop of each)."""
     idx = [i for i, d in enumerate(dets) if d is not None]
     crops = [crop_faces(as_gray(images[i]), [dets[i]], crop)[0] for i in idx]
+    if not crops:
+        return idx, np.zeros((0, len(clf.labels)), np.float32)
+    old = clf.spec
+    if spec is not None:
+        clf.spec = spec
+    try:
+        return idx, clf.predict_proba(crops)
+    finally:
+        clf.spec = old
+
+
+def predict_crops(clf, images, dets, crop: CropSpec, spec=None):
+    """Model label id per image from the crop of its detection (-1 where no detection)."""
+    idx, probs = crop_probs(clf, images, dets, crop, spec)
     pred = np.full(len(images), -1, np.int64)
-    if crops:
-        old = clf.spec
-        if spec is not None:
-            clf.spec = spec
-        try:
-            probs = clf.predict_proba(crops)
-        finally:
-            clf.spec = old
-        pred[idx] = probs.argmax(1)
+    pred[idx] = probs.argmax(1)
     return pred
 
 

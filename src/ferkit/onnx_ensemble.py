@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,10 +165,7 @@ def float_weights(proto) -> int:
 
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for n in graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
+    uses = Counter(i for n in graph.node for i in n.input)
     nodes = list(graph.node)
     cast_at = {i for i, n in enumerate(nodes) if n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in inits
                and inits[n.input[0]].data_type == TensorProto.FLOAT16 and uses[n.input[0]] == 1

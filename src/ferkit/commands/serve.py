@@ -103,14 +103,13 @@ def run(args) -> int:
     if not supervised:
         uvicorn.run(app, **common)
         return 0
-    # N worker processes under uvicorn's supervisor, which restarts a worker that exits (after --max-requests)
+    # N worker processes under uvicorn's supervisor, which restarts a worker that exits; with --max-requests a
+    # worker stops itself after about that many requests (server.app.CloseBeforeRecycling, 10% jitter)
     from uvicorn.supervisors import Multiprocess
 
     os.environ[SETTINGS_ENV] = settings.to_json()
     config = uvicorn.Config(
-        "ferkit.server.app:app_from_env", factory=True, workers=args.workers,
-        limit_max_requests=args.max_requests or None,
-        limit_max_requests_jitter=args.max_requests // 10 if args.max_requests else 0, **common,
+        "ferkit.server.app:app_from_env", factory=True, workers=args.workers, **common,
     )
     try:
         sock = config.bind_socket()

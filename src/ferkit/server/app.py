@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -612,13 +613,14 @@ def _stop_this_worker() -> None:
 
 
 class CloseBeforeRecycling:
-    """ASGI middleware for a worker that is restarted after ``limit`` requests (``--max-requests``).
+    """ASGI middleware for a worker that is restarted after ``limit`` requests (``--max-requests``): it is what
+    stops the worker (uvicorn's own request limit is not used).
 
-    Two races would otherwise show clients a dropped connection. uvicorn notices its own request limit only
-    on its next tick (every 0.1 s) and then closes the worker's connections: a client that has just sent its
-    next request on a kept-alive connection would see it reset, so from the ``limit``-th request on every
-    response says ``Connection: close``. And a client that then opens a new connection may be accepted by this
-    very worker before it stops listening, and dropped unanswered by its shutdown (measured: 1 run in 12 of
+    Two races would otherwise show clients a dropped connection. A stopping worker closes its connections: a
+    client that has just sent its next request on a kept-alive connection would see it reset, so from the
+    ``limit``-th request on every response says ``Connection: close``. And a client that then opens a new
+    connection may be accepted by this very worker before it stops listening, and dropped unanswered by its
+    shutdown (measured, when uvicorn's request limit stopped the worker: 1 run in 12 of
     tests/test_server_api.py's recycling test). So at the ``limit``-th request the worker starts its own
     shutdown (``on_limit``, default: SIGTERM to itself, which makes uvicorn stop listening first) and holds
     that response ``exit_delay`` seconds, past uvicorn's next tick: by the time the client reconnects, only a
@@ -654,6 +656,7 @@ def app_from_env() -> FastAPI:
     _die_with_parent()
     settings = ServerSettings.from_env()
     app = create_app(settings)
-    if settings.max_requests > 0:
-        app.add_middleware(CloseBeforeRecycling, limit=settings.max_requests)
+    if settings.max_requests > 0:  # up to 10% more, drawn per worker, so workers do not all restart at once
+        jitter = random.randint(0, settings.max_requests // 10)
+        app.add_middleware(CloseBeforeRecycling, limit=settings.max_requests + jitter)
     return app
