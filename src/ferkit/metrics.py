@@ -13,11 +13,13 @@ Stable API (other modules import these names):
 - :func:`macro_f1`, :func:`cross_entropy`
 - :func:`calibration` -> expected calibration error, Brier score, reliability bins of probabilities
 - :func:`scale_temperature` -> probabilities sharpened or softened by a temperature (order kept)
+- :func:`paired_comparison` -> two prediction sets on the same images: who gets which right, paired standard error
 - :func:`classification_report` -> the dict that ``ferkit evaluate`` reports
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,6 +36,7 @@ __all__ = [
     "cross_entropy",
     "calibration",
     "scale_temperature",
+    "paired_comparison",
     "classification_report",
 ]
 
@@ -111,6 +114,31 @@ def precision_recall_f1(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 def macro_f1(y_true, y_pred, num_classes: int) -> float:
     """Unweighted mean of the per-class F1 over all ``num_classes`` classes."""
     return float(precision_recall_f1(confusion_matrix(y_true, y_pred, num_classes))[2].mean())
+
+
+def paired_comparison(y_true, pred_a, pred_b) -> dict[str, Any]:
+    """Two sets of predictions on the same images, compared image by image.
+
+    Returns ``n``, ``accuracy_a``, ``accuracy_b``, ``difference`` (b - a, in accuracy units),
+    ``a_only`` / ``b_only`` (images only a / only b gets right), ``discordant`` (their sum) and
+    ``paired_se``, ``sqrt(discordant) / n``: the standard error of the difference used by ferkit's
+    selection rules (the images both get right or both get wrong carry no information about which is better).
+    """
+    t, a = _pair(y_true, pred_a)
+    _, b = _pair(y_true, pred_b)
+    n = int(t.size)
+    ra, rb = a == t, b == t
+    a_only, b_only = int(np.sum(ra & ~rb)), int(np.sum(rb & ~ra))
+    return {
+        "n": n,
+        "accuracy_a": float(ra.mean()) if n else 0.0,
+        "accuracy_b": float(rb.mean()) if n else 0.0,
+        "difference": (b_only - a_only) / n if n else 0.0,
+        "a_only": a_only,
+        "b_only": b_only,
+        "discordant": a_only + b_only,
+        "paired_se": math.sqrt(a_only + b_only) / n if n else 0.0,
+    }
 
 
 def cross_entropy(probs_or_logits: np.ndarray, y_true, *, from_logits: bool = False, eps: float = 1e-7) -> float:
