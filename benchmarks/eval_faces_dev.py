@@ -16,7 +16,7 @@ Emotion metrics: accuracy and macro-F1 over the classes present in faces-dev (fe
 is left out of the macro average; a predicted "fear" still counts as an error). "all photos" counts a
 photo without a detected face as wrong; "found" scores only photos with a face. The baseline row feeds
 the whole photo to the classifier (faces-dev photos are roughly face crops already), no detector.
-Options: --model (default: the bundled model), --limit N (first N photos, for a quick look), --json FILE.
+Options: --model (default: the bundled model), --tta (default: the model's own), --limit N (first N photos, for a quick look), --json FILE.
 """
 from __future__ import annotations
 
@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="faces-dev folder (default: $FERKIT_DATA_DIR/faces-dev or ../shared/data/faces-dev)")
     ap.add_argument("--model", default=None, help="an .onnx model (default: the bundled model)")
+    ap.add_argument("--tta", default=None, choices=("none", "flip", "tencrop"),
+                    help="test-time augmentation (default: the model's own)")
     ap.add_argument("--detectors", default="yunet,haar")
     ap.add_argument("--limit", type=int, default=None, help="only the first N photos")
     ap.add_argument("--sweep-crop", default=None, metavar="GRID",
@@ -301,7 +303,7 @@ def main(argv=None) -> int:
     try:
         from ferkit.runtime import EmotionClassifier
 
-        clf = EmotionClassifier(args.model)
+        clf = EmotionClassifier(args.model, tta=args.tta)
     except (FerkitError, ImportError) as e:
         print(f"\nno classifier ({e}); emotion metrics skipped")
         _dump(args.json, results)

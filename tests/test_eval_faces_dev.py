@@ -43,3 +43,30 @@ def test_a_ferplus8_model_is_scored_by_name_and_contempt_counts_as_wrong(bench):
     acc, f1, n = sc.score(with_contempt)
     assert n == 7 and acc == pytest.approx(6 / 7) and f1 < 1.0
     assert contempt not in sc.present  # macro-F1 runs over the classes faces-dev has
+
+
+def test_tta_option_reaches_the_classifier(bench, tmp_path, capsys):
+    """--tta overrides the model's own test-time augmentation (the ten-crop rule of session 24 used it)."""
+    pytest.importorskip("onnxruntime")
+    cv2 = pytest.importorskip("cv2")
+    from ferkit.runtime import bundled_models
+
+    if "default" not in bundled_models():
+        pytest.skip("no bundled default model in this installation")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    lines = ["file,label,fer2013_label,width,height"]
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "images" / f"p{i}.png"), rng.integers(0, 256, (64, 64), dtype=np.uint8))
+        lines.append(f"images/p{i}.png,happy,3,64,64")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    runs = {}
+    for tta in (None, "tencrop"):
+        out = tmp_path / f"{tta}.json"
+        argv = ["--data", str(tmp_path), "--detectors", "haar", "--json", str(out)] + (["--tta", tta] if tta else [])
+        assert bench.main(argv) == 0
+        runs[tta] = capsys.readouterr().out
+    assert "tta=none" in runs[None]  # the bundled default's own setting
+    assert "tta=tencrop" in runs["tencrop"]
+    with pytest.raises(SystemExit):
+        bench.main(["--data", str(tmp_path), "--tta", "sideways"])
