@@ -3,7 +3,7 @@
     python benchmarks/reproduce.py --commands            # the training command of every row
     python benchmarks/reproduce.py --runs runs/          # evaluate the runs that exist, print the table
 
-Every row names the ``ferkit train`` command that produces its run directory ``runs/repro_<row>`` (the
+Every row names the ``ferkit train`` command that produces its run directory (its ``--out``; the
 architecture's literature recipe comes from the model registry: its label set, cleaning, optimiser and
 sampling; the epochs are fewer than the sources' where the CPU budget demands it, and the table says how
 many were run). The table is computed from the run directories that exist (``ferkit.evaluate`` on the
@@ -32,7 +32,7 @@ FERPLUS_ARG = "$FP"  # FER+'s fer2013new.csv in the printed commands
 
 @dataclass(frozen=True)
 class Row:
-    name: str          # run directory runs/repro_<name> (the release/default rows name their own runs)
+    name: str          # row label; the run directory is the --out of train_args (run_dir_for)
     arch: str
     recipe: str        # in words
     train_args: str    # after `ferkit train --data $D`
