@@ -3,7 +3,7 @@
 # usage: stop_watcher.sh RUN_DIR PID DEADLINE_UTC   e.g. runs/repro_mehra100 1234 16:35
 run=$1; pid=$2; deadline=$(date -u -d "$3" +%s); seen=0
 while kill -0 "$pid" 2>/dev/null; do
-  n=$(($(wc -l < "$run/metrics.csv" 2>/dev/null || echo 1) - 1))
+  n=$(($(wc -l 2>/dev/null < "$run/metrics.csv" || echo 1) - 1))
   if [ "$n" -gt "$seen" ]; then
     seen=$n
     last=$(tail -1 "$run/metrics.csv" | cut -d, -f7)
