@@ -496,6 +496,8 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--recipe", "nope"], "unknown recipe"),
     (["--teacher", "MISSING.onnx"], "model file not found"),
     (["--teacher", "default", "--teacher-weight", "-0.1"], "--teacher-weight"),
+    (["--teacher", "default", "--teacher", "MISSING.onnx"], "model file not found"),  # every teacher is checked
+    (["--teacher", "ferplus", "--label-set", "fer6"], "predicts"),  # fer6 merges disgust: its mass has no place
 ])
 def test_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
     argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--epochs", "1", "--out", str(tmp_path / "r"),
@@ -710,6 +712,82 @@ def test_distill_refuses_a_teacher_that_could_leak_or_does_not_fit(tiny_fer_csv,
         distill_targets(teacher_onnx, fer6.train.images, fer6.train.labels, fer6.labels, fer6.info, 0.5)
     with pytest.raises(FerkitError, match=r"\[0, 1\]"):
         distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.5)
+
+
+def _export_tiny(tmp_path, name, **kw) -> Path:
+    from ferkit.export import export_onnx
+    from ferkit.train import TrainConfig, train
+
+    run = train(TrainConfig(out=str(tmp_path / name), arch=TINY, epochs=1, augment="none", progress=False, threads=1, **kw))
+    export_onnx(run, tmp_path / f"{name}.onnx")
+    return tmp_path / f"{name}.onnx"
+
+
+def test_distill_averages_several_teachers(tiny_fer_csv, teacher_onnx, tmp_path):
+    from ferkit.data import prepare_splits
+    from ferkit.distill import distill_targets
+    from ferkit.runtime import EmotionClassifier
+
+    second = _export_tiny(tmp_path, "second", data=str(tiny_fer_csv), seed=11)
+    splits = prepare_splits(str(tiny_fer_csv))
+    tr = splits.train
+    p1, p2 = (EmotionClassifier(t).predict_proba(tr.images) for t in (teacher_onnx, second))
+    assert not np.allclose(p1, p2, atol=1e-3)
+    onehot = np.eye(7, dtype=np.float32)[tr.labels]
+    both, info = distill_targets([teacher_onnx, second], tr.images, tr.labels, splits.labels, splits.info, 0.5)
+    np.testing.assert_allclose(both, 0.5 * onehot + 0.25 * (p1 + p2), atol=1e-6)
+    assert [t["teacher"] for t in info["teachers"]] == [str(teacher_onnx), str(second)]
+    assert info["teacher_train_acc"] == pytest.approx(float(((p1 + p2).argmax(1) == tr.labels).mean()))
+    one, one_info = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 0.5)
+    assert len(info["sha256"]) == 64 and info["sha256"] != one_info["sha256"]
+    as_list, list_info = distill_targets([teacher_onnx], tr.images, tr.labels, splits.labels, splits.info, 0.5)
+    np.testing.assert_array_equal(as_list, one)  # a list of one is the teacher itself
+    assert list_info == one_info and "teachers" not in one_info
+    # every teacher must fit: one trained on another split could leak the student's test images
+    rnd = _export_tiny(tmp_path, "rnd", data=str(tiny_fer_csv), split="random")
+    with pytest.raises(FerkitError, match="split"):
+        distill_targets([teacher_onnx, rnd], tr.images, tr.labels, splits.labels, splits.info, 0.5)
+
+
+def test_distill_drops_a_class_the_student_leaves_out(tiny_fer_csv, tmp_path):
+    """A FER+ (8-class) teacher for a FER2013 (7-class) student: contempt is dropped, the rest renormalised."""
+    from ferkit.data import prepare_splits
+    from ferkit.distill import _columns, distill_targets
+    from ferkit.labels import EMOTIONS
+    from ferkit.runtime import EmotionClassifier
+
+    fp = _write_ferplus(tiny_fer_csv, tmp_path / "fer2013new.csv")
+    t8 = _export_tiny(tmp_path, "t8", data=str(tiny_fer_csv), ferplus=str(fp), ferplus_mode="soft", label_set="ferplus8")
+    clf = EmotionClassifier(t8)
+    assert clf.labels[-1] == "contempt" and len(clf.labels) == 8
+    splits = prepare_splits(str(tiny_fer_csv))
+    tr = splits.train
+    raw = clf.predict_proba(tr.images)
+    mapped = raw[:, [list(clf.labels).index(e) for e in EMOTIONS]]
+    mapped /= mapped.sum(1, keepdims=True)
+    full, info = distill_targets(t8, tr.images, tr.labels, splits.labels, splits.info, 1.0)
+    np.testing.assert_allclose(full, mapped, atol=1e-6)
+    np.testing.assert_allclose(full.sum(1), 1.0, atol=1e-5)
+    assert info["dropped_classes"] == ["contempt"]
+    assert info["dropped_mass"] == pytest.approx(float(raw[:, -1].mean()), abs=1e-6) and info["dropped_mass"] > 0
+    # a student that has a class the teacher lacks, or merges a teacher class into another, is refused
+    with pytest.raises(FerkitError, match="predicts"):
+        _columns("t", EMOTIONS, list(clf.labels), "ferplus8")
+    with pytest.raises(FerkitError, match="predicts"):
+        _columns("t", EMOTIONS, ["angry", "fear", "happy", "sad", "surprise", "neutral"], "fer6")
+    fer5 = prepare_splits(str(tiny_fer_csv), label_set="fer5")  # fer5 drops disgust and fear (no merge)
+    cols, dropped = _columns("t", EMOTIONS, fer5.labels, "fer5")
+    assert [EMOTIONS[c] for c in cols] == list(fer5.labels) and sorted(dropped) == ["disgust", "fear"]
+
+
+def test_train_cli_takes_several_teachers(tmp_path):
+    from ferkit.cli import build_parser
+    from ferkit.commands.train import config_from_args
+
+    base = ["train", "--data", "x.csv", "--out", "r", "--arch", TINY]
+    one = config_from_args(build_parser().parse_args([*base, "--teacher", "a.onnx"]))
+    two = config_from_args(build_parser().parse_args([*base, "--teacher", "a.onnx", "--teacher", "b.onnx"]))
+    assert one.teacher == "a.onnx" and two.teacher == ["a.onnx", "b.onnx"]
 
 
 def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_csv, teacher_onnx, tmp_path):

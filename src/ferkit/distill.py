@@ -1,61 +1,131 @@
-"""Knowledge distillation from an exported teacher (one model or an ensemble ``.onnx``), offline.
+"""Knowledge distillation from exported teachers (one model, an ensemble ``.onnx``, or several), offline.
 
-The teacher's probabilities on every Training image are computed once, before training, through the
-same runtime users have (with the teacher's default test-time augmentation), and become part of the
+The teachers' probabilities on every Training image are computed once, before training, through the
+same runtime users have (with each teacher's default test-time augmentation), and become part of the
 training target: ``(1 - weight) x target + weight x teacher probabilities``, where ``target`` is the
-one-hot label (or the FER+ target when FER+ supervision is on). The student then trains on these soft
-targets with the usual cross-entropy, augmentations included (Hinton et al. 2015 at temperature 1).
+one-hot label (or the FER+ target when FER+ supervision is on). With several teachers, the teacher
+probabilities are their mean. The student then trains on these soft targets with the usual
+cross-entropy, augmentations included (Hinton et al. 2015 at temperature 1).
 
-The teacher must have been trained on the same data file with the same split: a teacher that has seen
-the student's validation or test images would leak them into the student through its targets.
+A teacher may predict classes the student's label set leaves out (e.g. FER+'s contempt for a ``fer7``
+student): their probability is dropped and the rest renormalised, the same as the student's own
+evaluation would treat a face of that class. A teacher whose classes the student merges (``fer6``
+folds disgust into angry) or lacks is refused.
+
+Every teacher must have been trained on the same data file with the same split: a teacher that has
+seen the student's validation or test images would leak them into the student through its targets.
 """
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import os
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import FerkitError
 
 
+def teacher_list(teacher) -> list[str]:
+    """``teacher`` as a list of model names/paths (one str or path, or a sequence of them)."""
+    if teacher is None:
+        return []
+    if isinstance(teacher, (str, os.PathLike)):
+        return [str(teacher)]
+    return [str(t) for t in teacher]
+
+
+def _columns(teacher, teacher_labels: Sequence[str], student_labels: Sequence[str], label_set: str | None):
+    """Indices of the student's classes among the teacher's, and the teacher classes dropped.
+
+    Raises when the teacher lacks one of the student's classes, or predicts one that the student's label
+    set merges into another class (its probability would belong to that class, not be dropped)."""
+    from .labels import EMOTIONS, get_label_set
+
+    teacher_labels, student_labels = list(teacher_labels), list(student_labels)
+    if teacher_labels == student_labels:
+        return list(range(len(student_labels))), []
+    mismatch = FerkitError(f"the teacher {teacher} predicts {teacher_labels}, the student {student_labels}")
+    if not set(student_labels) <= set(teacher_labels):
+        raise mismatch
+    extra = [c for c in teacher_labels if c not in student_labels]
+    table = None
+    if label_set:
+        try:
+            table = get_label_set(label_set).from_fer7
+        except FerkitError:
+            table = None
+    for c in extra:
+        # a FER2013 class the student's set maps onto another class is merged, not dropped
+        if c in EMOTIONS and (table is None or table[EMOTIONS.index(c)] != -1):
+            raise mismatch
+    return [teacher_labels.index(c) for c in student_labels], extra
+
+
 def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names, data_info: dict, weight: float,
                     *, base: np.ndarray | None = None, threads: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The distillation targets (N, C) float32 for ``images`` (uint8 (N, 48, 48) Training faces).
 
-    teacher: an exported ``.onnx`` or a bundled model name. labels: the images' class ids.
-    label_names: the student's labels, in order (the teacher must predict the same). data_info: the
-    student's ``Splits.info`` (its data_sha256, split and seed must match the teacher's training data).
+    teacher: an exported ``.onnx`` or a bundled model name, or a list of them (their probabilities are
+    averaged). labels: the images' class ids. label_names: the student's labels, in order (each teacher
+    must predict them, and may predict classes the student's label set excludes). data_info: the
+    student's ``Splits.info`` (its data_sha256, split and seed must match each teacher's training data).
     base: the target before distillation (default: one-hot ``labels``).
-    Returns the targets and a JSON-ready record of the teacher (path, sha256, tta, weight, its accuracy
-    on these images).
+    Returns the targets and a JSON-ready record of the teacher(s) (path, sha256, tta, weight, accuracy
+    on these images); with several teachers, ``teachers`` holds one record each and ``sha256`` is the
+    sha256 of their sha256s.
     """
     from .data.fer2013 import file_sha256
     from .data.splits import onehot, training_data_mismatch
     from .runtime import EmotionClassifier
 
+    names = teacher_list(teacher)
+    if not names:
+        raise FerkitError("no teacher given")
     if not 0 <= weight <= 1:
         raise FerkitError(f"the teacher weight must lie in [0, 1], got {weight}")
-    clf = EmotionClassifier(teacher, threads=threads)
-    if tuple(clf.labels) != tuple(label_names):
-        raise FerkitError(f"the teacher {teacher} predicts {list(clf.labels)}, the student {list(label_names)}")
-    tdata = (clf.metadata.get("provenance") or {}).get("data") or {}
-    if not tdata.get("data_sha256"):
-        raise FerkitError(f"the teacher {teacher} does not record the data it was trained on, so it may have "
-                          "seen the student's validation or test images; use a teacher exported by ferkit")
-    key = training_data_mismatch(tdata, data_info)
-    if key is not None:
-        raise FerkitError(
-            f"the teacher {teacher} was trained with {key} {tdata.get(key)!r}, the student uses {data_info.get(key)!r}: "
-            "the teacher must be trained on the same data file and split, or its targets leak the "
-            "student's validation/test images")
     labels = np.asarray(labels, np.int64)
     n, c = len(labels), len(label_names)
     base = onehot(labels, c) if base is None else np.asarray(base, np.float32)
     if base.shape != (n, c):
         raise FerkitError(f"base targets of shape {base.shape}, expected {(n, c)}")
-    probs = clf.predict_proba(images)
+    records, all_probs = [], []
+    for name in names:
+        clf = EmotionClassifier(name, threads=threads)
+        cols, dropped = _columns(name, clf.labels, label_names, data_info.get("label_set"))
+        tdata = (clf.metadata.get("provenance") or {}).get("data") or {}
+        if not tdata.get("data_sha256"):
+            raise FerkitError(f"the teacher {name} does not record the data it was trained on, so it may have "
+                              "seen the student's validation or test images; use a teacher exported by ferkit")
+        key = training_data_mismatch(tdata, data_info)
+        if key is not None:
+            raise FerkitError(
+                f"the teacher {name} was trained with {key} {tdata.get(key)!r}, the student uses {data_info.get(key)!r}: "
+                "the teacher must be trained on the same data file and split, or its targets leak the "
+                "student's validation/test images")
+        raw = clf.predict_proba(images)
+        probs = raw[:, cols]
+        kept = probs.sum(1, keepdims=True)
+        probs = (probs / np.maximum(kept, 1e-12)).astype(np.float32)
+        rec = {"teacher": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"),
+               "tta": clf.tta, "teacher_train_acc": float((probs.argmax(1) == labels).mean())}
+        if dropped:
+            rec["dropped_classes"] = dropped
+            rec["dropped_mass"] = float(1 - kept.mean())
+        records.append(rec)
+        all_probs.append(probs)
+    probs = np.mean(all_probs, axis=0) if len(all_probs) > 1 else all_probs[0]
     targets = ((1 - weight) * base + weight * probs).astype(np.float32)
-    info = {"teacher": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"), "tta": clf.tta,
-            "weight": float(weight), "teacher_train_acc": float((probs.argmax(1) == labels).mean()),
-            "rule": "target = (1 - weight) * target + weight * teacher probabilities (the teacher's default TTA)"}
+    rule = "target = (1 - weight) * target + weight * teacher probabilities (the teacher's default TTA)"
+    if any(r.get("dropped_classes") for r in records):
+        rule += "; classes the student leaves out are dropped from a teacher's probabilities, the rest renormalised"
+    if len(records) == 1:
+        info = {**records[0], "weight": float(weight), "rule": rule}
+    else:
+        info = {"teacher": " + ".join(r["teacher"] for r in records),
+                "sha256": hashlib.sha256("\n".join(r["sha256"] for r in records).encode()).hexdigest(),
+                "arch": " + ".join(str(r["arch"]) for r in records), "tta": " + ".join(str(r["tta"]) for r in records),
+                "weight": float(weight), "teacher_train_acc": float((probs.argmax(1) == labels).mean()),
+                "teachers": records,
+                "rule": rule.replace("teacher probabilities", "the mean of the teachers' probabilities")}
     return targets, info

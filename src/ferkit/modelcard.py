@@ -33,8 +33,12 @@ def _teacher_text(prov: dict) -> str:
     t = (prov.get("data") or {}).get("teacher")
     if not t:
         return "no"
-    return (f"from `{t.get('teacher')}` ({t.get('arch')}, tta {t.get('tta')}, sha256 `{str(t.get('sha256'))[:12]}...`; "
-            f"target = {1 - t.get('weight', 0):g} x label + {t.get('weight'):g} x teacher probabilities)")
+    members = t.get("teachers") or [t]
+    names = " and ".join(f"`{m.get('teacher')}` ({m.get('arch')}, tta {m.get('tta')}, sha256 `{str(m.get('sha256'))[:12]}...`"
+                         + (f"; {', '.join(m['dropped_classes'])} dropped, the rest renormalised" if m.get("dropped_classes") else "")
+                         + ")" for m in members)
+    probs = "the mean of the teachers' probabilities" if len(members) > 1 else "teacher probabilities"
+    return f"from {names}; target = {1 - t.get('weight', 0):g} x label + {t.get('weight'):g} x {probs}"
 
 
 def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:

@@ -74,7 +74,8 @@ class TrainConfig:
     with ``split_seed``), ``limit`` (first N rows per split), ``skip_bad``, ``ferplus`` (path of
     fer2013new.csv) with ``ferplus_mode`` ('majority' or 'soft' FER+ targets, or 'blend': FER2013's labels
     with the target softened towards the FER+ votes by ``ferplus_weight``), ``clean`` (rule names),
-    ``teacher`` (an exported ``.onnx`` or bundled model name, trained on the same data and split) with
+    ``teacher`` (an exported ``.onnx`` or bundled model name, or a list of them whose probabilities are
+    averaged; trained on the same data and split) with
     ``teacher_weight``: distillation, the training target becomes ``(1 - teacher_weight) x target +
     teacher_weight x the teacher's probabilities`` (see :mod:`ferkit.distill`),
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
@@ -115,7 +116,7 @@ class TrainConfig:
     ferplus_mode: str | None = None
     ferplus_weight: float | None = None
     ferplus_protocol: str | None = None
-    teacher: str | None = None
+    teacher: str | list[str] | None = None
     teacher_weight: float | None = None
     clean: list[str] | None = None
     obfuscate: str | None = None
@@ -310,9 +311,11 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.teacher_weight is not None and not 0 <= cfg.teacher_weight <= 1:
         bad(f"--teacher-weight must lie in [0, 1], got {cfg.teacher_weight}")
     if cfg.teacher:
+        from .distill import teacher_list
         from .runtime import resolve_model_path
 
-        resolve_model_path(cfg.teacher)  # a FerkitError names a missing file early, before the data loads
+        for t in teacher_list(cfg.teacher):
+            resolve_model_path(t)  # a FerkitError names a missing file early, before the data loads
     checks = [
         (isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be a whole number >= 1, got {cfg.epochs}"),
         (isinstance(cfg.batch_size, int) and cfg.batch_size >= 2, f"batch size must be >= 2, got {cfg.batch_size}"),
@@ -916,7 +919,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         if resume_ckpt is not None and (resume_ckpt["data"].get("teacher") or {}).get("sha256") != \
                 splits.info["teacher"]["sha256"]:
             raise FerkitError(f"{cfg.teacher} is not the teacher this run was trained with (sha256 differs); "
-                              "resume with the original teacher")
+                              "resume with the original teacher(s)")
         if rt.main:
             t = splits.info["teacher"]
             print(f"distillation: teacher {t['teacher']} ({t['arch']}, tta {t['tta']}, {100 * t['teacher_train_acc']:.2f}% "

@@ -94,9 +94,11 @@ def register(subparsers) -> None:
     g.add_argument("--ferplus-protocol", choices=["plurality", "reference"],
                    help="which images FER+ labels: plurality of the votes, ties dropped (default), or reference: "
                         "the FER+ authors' rule (single votes removed, more than half of the rest for one class)")
-    g.add_argument("--teacher", metavar="MODEL",
+    g.add_argument("--teacher", metavar="MODEL", action="append",
                    help="distil from this exported model or ensemble (.onnx or bundled name; trained on the same "
-                        "data and split): its probabilities on the Training images join the training target")
+                        "data and split): its probabilities on the Training images join the training target. "
+                        "Repeat to average several teachers; a teacher's classes that the student's label set "
+                        "leaves out (FER+ contempt for fer7) are dropped and the rest renormalised")
     g.add_argument("--teacher-weight", type=float, metavar="W",
                    help="weight of the teacher's probabilities in the training target (default 0.5)")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
@@ -166,6 +168,8 @@ def config_from_args(args):
     from ..train import TrainConfig
 
     values = {k: getattr(args, k) for k in _PLAIN if getattr(args, k) is not None}
+    if values.get("teacher") and len(values["teacher"]) == 1:
+        values["teacher"] = values["teacher"][0]  # one teacher is saved as a name, as before
     if args.clean:
         values["clean"] = [r.strip() for r in args.clean.split(",") if r.strip()]
     if args.preprocess:
