@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,58 @@ def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_p
     assert r.epochs == 3 and r.time_budget == 2.5
 
 
+def test_parse_deadline_reads_clock_times_and_dates():
+    from datetime import datetime, timedelta, timezone
+
+    from ferkit.train import parse_deadline
+
+    now = datetime(2026, 12, 3, 16, 0).astimezone().timestamp()
+    assert parse_deadline("16:35", now) == now + 35 * 60  # today, local time
+    assert parse_deadline("2026-12-04 09:05", now) == now + (17 * 60 + 5) * 60
+    utc = datetime(2026, 12, 4, 0, 0, tzinfo=timezone.utc)
+    assert parse_deadline("2026-12-04T00:00+00:00", utc.timestamp() - 60) == utc.timestamp()
+    for bad in ("25:00", "16:5", "soon", "16h35", ""):
+        with pytest.raises(FerkitError, match="HH:MM"):
+            parse_deadline(bad, now)
+    with pytest.raises(FerkitError, match="already past"):  # "15:00" does not roll over to tomorrow
+        parse_deadline("15:00", now)
+    with pytest.raises(FerkitError, match="already past"):
+        parse_deadline((datetime.fromtimestamp(now) - timedelta(days=1)).isoformat(), now)
+
+
+def test_stop_by_stops_between_epochs_and_resume_finishes_the_same_schedule(tiny_fer_csv, tmp_path, monkeypatch):
+    """A deadline the next epoch cannot meet stops the run with its files written; the schedule was planned
+    for all epochs, so --resume without a deadline ends where an uninterrupted run ends."""
+    from datetime import datetime
+
+    import ferkit.train as T
+
+    common = dict(data=str(tiny_fer_csv), arch=TINY, epochs=3, lr=1e-2, augment="standard", progress=False,
+                  threads=1, seed=2)
+    in_an_hour = datetime.fromtimestamp(time.time() + 3600).isoformat(timespec="minutes")
+    monkeypatch.setattr(T, "_clock", lambda: time.time() + 7200)  # in the epoch loop, the hour is already over
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "s"), stop_by=in_an_hour))
+    m = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert len(m["history"]) == 1 and m["stopped"]["after_epoch"] == 1 and m["epochs_planned"] == 3
+    assert _load(tmp_path / "s" / "last.pt")["epoch"] == 1 and (tmp_path / "s" / "best.pt").is_file()
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert cfg["stop_by"] and cfg["stop_by"][:4].isdigit()  # saved with its date
+    assert T._resume_config(T.TrainConfig(out=str(tmp_path / "s"), resume=True))[0].stop_by is None
+    T.train(T.TrainConfig(out=str(tmp_path / "s"), resume=True, progress=False, threads=1))
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "u")))
+    resumed = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    straight = json.loads((tmp_path / "u" / "metrics.json").read_text())
+    assert "stopped" not in resumed and len(resumed["history"]) == 3
+    assert [h["lr"] for h in resumed["history"]] == [h["lr"] for h in straight["history"]]
+    a, b = _load(tmp_path / "s" / "last.pt"), _load(tmp_path / "u" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # a deadline far away changes nothing
+    monkeypatch.setattr(T, "_clock", time.time)
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "far"), stop_by="2999-01-01 00:00"))
+    assert len(json.loads((tmp_path / "far" / "metrics.json").read_text())["history"]) == 3
+
+
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_precision_says_when_the_cpu_trains_in_float32(tiny_fer_csv, tmp_path, monkeypatch, has_bf16):
     import ferkit.train as T
@@ -198,6 +251,8 @@ def test_auto_precision_says_when_the_cpu_trains_in_float32(tiny_fer_csv, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--time-budget", "5", "--epochs", "2"], "drop --epochs"),
     (["--time-budget", "0"], "--time-budget must be a positive number"),
+    (["--stop-by", "25:00"], "--stop-by takes HH:MM"),
+    (["--stop-by", "2000-01-01 00:00"], "already past"),
     (["--time-budget", "nan"], "--time-budget must be a positive number"),
     (["--time-budget", "1e-6"], "fits 0 epoch(s) on this machine"),
 ])

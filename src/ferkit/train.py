@@ -82,7 +82,10 @@ class TrainConfig:
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
     Optimisation: ``epochs`` (or ``time_budget``: minutes of training on this machine; a few timed
-    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``batch_size``
+    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``stop_by`` (a wall-clock
+    deadline, ``"HH:MM"`` today or ``"YYYY-MM-DD HH:MM"``, local time: after each epoch, with its files
+    written, the run stops if one more epoch as long as the last would end after it; the schedule keeps its
+    planned length, so ``resume`` continues the same run), ``batch_size``
     (global: split across data-parallel processes),
     ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
@@ -123,6 +126,7 @@ class TrainConfig:
     preprocess: dict[str, Any] | None = None
     epochs: int | None = None
     time_budget: float | None = None
+    stop_by: str | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
     optimizer: str | None = None
@@ -159,12 +163,12 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
-    "time_budget": None,
+    "time_budget": None, "stop_by": None,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUME_OVERRIDABLE = {"epochs", "device", "threads", "progress", "compile", "eval_batch_size", "precision",
-                      "channels_last", "resume", "out", "overwrite"}
+                      "channels_last", "resume", "out", "overwrite", "stop_by"}
 
 # Registry-info keys of an architecture that are training settings (see ferkit.models.register_model).
 _ARCH_SETTING_KEYS = ("label_set", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
@@ -339,6 +343,40 @@ def _check_config(cfg: TrainConfig) -> None:
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
         bad(f"unknown device {cfg.device!r}; use auto, cpu, cuda or cuda:N")
     PreprocessSpec.from_dict(cfg.preprocess)  # raises for unknown fields
+    if cfg.stop_by is not None:
+        parse_deadline(cfg.stop_by)  # raises for a malformed or past deadline
+
+
+def _clock() -> float:
+    """Wall-clock time for --stop-by (a seam for tests)."""
+    return time.time()
+
+
+def parse_deadline(text: str, now: float | None = None) -> float:
+    """``--stop-by``: ``"HH:MM"`` (today) or ``"YYYY-MM-DD HH:MM"`` / ISO 8601, local time unless it names
+    a UTC offset -> a POSIX timestamp. Raises FerkitError when it is malformed or not in the future."""
+    from datetime import datetime
+
+    now = time.time() if now is None else now
+    raw = str(text).strip()
+    try:
+        if len(raw) <= 5 and ":" in raw:
+            hh, mm = raw.split(":")
+            if not (hh.isdigit() and mm.isdigit() and len(mm) == 2):
+                raise ValueError(raw)
+            today = datetime.fromtimestamp(now).astimezone()
+            at = today.replace(hour=int(hh), minute=int(mm), second=0, microsecond=0)
+        else:
+            at = datetime.fromisoformat(raw)
+            if at.tzinfo is None:
+                at = at.astimezone()  # a naive time is local time
+    except ValueError:
+        raise FerkitError(f"--stop-by takes HH:MM (today) or YYYY-MM-DD HH:MM, local time; got {text!r}") from None
+    ts = at.timestamp()
+    if ts <= now:
+        raise FerkitError(f"--stop-by {text} is already past ({at.isoformat(timespec='minutes')}); give a later time, "
+                          "or a date for a deadline on another day")
+    return ts
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
@@ -363,6 +401,7 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         if v is not None:
             saved[k] = v
     saved["resume"], saved["out"] = True, str(config.out)
+    saved["stop_by"] = config.stop_by  # a deadline belongs to one invocation, not to the run
     cfg = TrainConfig(**{f.name: saved.get(f.name) for f in fields(TrainConfig)})
     _check_config(cfg)
     return cfg, ckpt
@@ -860,6 +899,11 @@ def train(config: TrainConfig) -> Path:
         cfg, resume_ckpt = _resume_config(config)
     else:
         cfg, resume_ckpt = resolve_config(config), None
+    if cfg.stop_by:  # saved with its date: "HH:MM" alone would not say which day
+        from datetime import datetime
+
+        cfg = replace(cfg, stop_by=datetime.fromtimestamp(parse_deadline(cfg.stop_by)).astimezone()
+                      .isoformat(timespec="minutes"))
 
     # 2. runtime: device, precision, threads, data parallelism ---------------------------------
     rt = _setup_runtime(cfg)
@@ -1039,6 +1083,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
 
     # 5. the epochs ----------------------------------------------------------------------------
     kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
+    deadline = parse_deadline(cfg.stop_by) if cfg.stop_by else None
+    stopped = None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_model.train()
@@ -1095,6 +1141,11 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         if raw is not None:
             record["val_loss_raw"], record["val_acc_raw"] = raw
         history.append(record)
+        if deadline is not None and epoch + 1 < cfg.epochs:
+            # stop if one more epoch as long as this one would end after the deadline (any process's clock)
+            late = float(_clock() + record["epoch_time_s"] > deadline)
+            if _all_reduce_sum([late], rt)[0] > 0:
+                stopped = {"stop_by": cfg.stop_by, "after_epoch": epoch + 1}
 
         # files (process 0): best.pt, last.pt (with every rank's random state), metrics, curves
         rng_states = [_rng_state(gen, rt)]
@@ -1115,6 +1166,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             summary = {"arch": cfg.arch, "seed": cfg.seed, "label_set": splits.label_set, "labels": list(labels),
                        "epochs_planned": cfg.epochs, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
                        "data_sha256": splits.info.get("data_sha256")}
+            if stopped:
+                summary["stopped"] = stopped
             write_metrics(run_dir, history, summary)
             plot_curves(history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.data).name} (seed {cfg.seed})")
             print(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc "
@@ -1122,6 +1175,12 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
                   f"lr {lr:.2e}  {record['epoch_time_s']:.1f} s{'  *best' if improved else ''}", flush=True)
             if kill_after == epoch + 1:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: a crash right after epoch k's files
+        if stopped:
+            if rt.main:
+                print(f"stopped after epoch {epoch + 1} of {cfg.epochs}: another epoch of about "
+                      f"{record['epoch_time_s']:.0f} s would end after --stop-by {cfg.stop_by}; "
+                      f"`ferkit train --resume --out {run_dir}` continues the run", flush=True)
+            break
 
     if rt.main:
         print(f"done: best validation accuracy {100 * best_val_acc:.2f}% at epoch {best_epoch}; run in {run_dir}",
