@@ -54,10 +54,11 @@ ROWS = [
     Row("vgg", "vgg", "SGD Nesterov lr 0.01, plateau (factor 0.75, patience 5), fer7; source: ~300 epochs; "
         "resumed across sessions (`--resume`), the table shows the epochs run so far",
         "--arch vgg --epochs 300 --out runs/repro_vgg300", "73.28% (ten-crop TTA, ~300 epochs)"),
-    Row("release = bundled default (FER+ votes as extra supervision)", "fastres_s",
-        "cpu-fast + `--ferplus-mode blend --ferplus-weight 0.5` (FER2013 labels, target softened by FER+ votes)",
+    Row("release = bundled default (FER+ votes + distillation from `accurate` and `ferplus`)", "fastres_s",
+        "cpu-fast + `--ferplus-mode blend --ferplus-weight 0.5` (FER2013 labels, target softened by FER+ votes) + "
+        "`--teacher accurate --teacher ferplus --teacher-weight 0.8` (bundled as int8 with a temperature)",
         f"--recipe cpu-fast --arch fastres_s --epochs 50 --ferplus {FERPLUS_ARG} --ferplus-mode blend "
-        "--ferplus-weight 0.5 --out runs/blend_fastres_s", "-"),
+        "--ferplus-weight 0.5 --teacher accurate --teacher ferplus --teacher-weight 0.8 --out runs/distill2_w08", "-"),
     Row("efficient, FER2013 labels only (`--model fer2013`)", "fastres_s",
         "cpu-fast: SGD Nesterov one-cycle, label smoothing 0.1, 50 epochs",
         "--recipe cpu-fast --arch fastres_s --epochs 50 --out runs/default_fastres_s", "-"),

@@ -265,7 +265,8 @@ def test_time_budget_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, mes
 
 
 @pytest.mark.parametrize("recipe, explicit", [
-    ("default", dict(recipe="cpu-fast", arch="fastres_s", epochs=50, ferplus_mode="blend", ferplus_weight=0.5)),
+    ("default", dict(recipe="cpu-fast", arch="fastres_s", epochs=50, ferplus_mode="blend", ferplus_weight=0.5,
+                     teacher=["accurate", "ferplus"], teacher_weight=0.8)),
     ("ferplus", dict(recipe="cpu-fast", arch="fastres", epochs=50, ferplus_mode="soft", label_set="ferplus8")),
 ])
 def test_bundled_model_recipes_equal_their_documented_commands(tiny_fer_csv, tmp_path, recipe, explicit):
@@ -833,6 +834,20 @@ def test_distill_drops_a_class_the_student_leaves_out(tiny_fer_csv, tmp_path):
     fer5 = prepare_splits(str(tiny_fer_csv), label_set="fer5")  # fer5 drops disgust and fear (no merge)
     cols, dropped = _columns("t", EMOTIONS, fer5.labels, "fer5")
     assert [EMOTIONS[c] for c in cols] == list(fer5.labels) and sorted(dropped) == ["disgust", "fear"]
+
+
+def test_model_card_names_every_teacher():
+    from ferkit.modelcard import _teacher_text
+
+    one = {"teacher": "a.onnx", "arch": "vgg", "tta": "flip", "sha256": "ab" * 32, "weight": 0.5}
+    assert _teacher_text({"data": {}}) == "no"
+    text = _teacher_text({"data": {"teacher": one}})
+    assert "`a.onnx` (vgg, tta flip, sha256 `abababababab...`)" in text and "0.5 x teacher probabilities" in text
+    two = {"teacher": "a.onnx + b.onnx", "weight": 0.8, "sha256": "cd" * 32,
+           "teachers": [one, {**one, "teacher": "b.onnx", "dropped_classes": ["contempt"]}]}
+    text = _teacher_text({"data": {"teacher": two}})
+    assert "`a.onnx`" in text and "`b.onnx`" in text and "contempt dropped" in text
+    assert "0.2 x label + 0.8 x the mean of the teachers' probabilities" in text
 
 
 def test_train_cli_takes_several_teachers(tmp_path):

@@ -60,7 +60,8 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
         f"(warm-up {cfg.get('warmup_epochs')} epochs), {cfg.get('epochs')} epochs, label smoothing {cfg.get('label_smoothing')}{_ema_text(cfg)}, "
         f"precision {cfg.get('precision')}, channels-last {cfg.get('channels_last')}, seed {cfg.get('seed')}.",
         f"- Augmentation: {json.dumps(cfg.get('augment'))}.",
-        f"- Training wall time: {prov.get('train_time_s')} s (sum of epoch times; hardware of the training run: "
+        f"- Training wall time: {prov.get('train_time_s')} s (sum of the epoch times up to epoch "
+        f"{prov.get('epochs_completed')}, the exported checkpoint's; hardware of the training run: "
         f"{notes or 'see the command below'}).",
         "",
     ]

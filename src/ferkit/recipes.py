@@ -65,8 +65,11 @@ RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         "default",
         "the bundled default model's recipe: cpu-fast for 50 epochs with FER2013's labels half blended with "
-        "the FER+ vote distribution (needs --ferplus PATH; docs/models/default/MODEL_CARD.md)",
-        {**_CPU_FAST, "epochs": 50, "ferplus_mode": "blend", "ferplus_weight": 0.5, "label_set": "fer7"},
+        "the FER+ vote distribution, distilled from the bundled `accurate` and `ferplus` models (target: 0.2 x "
+        "that blend + 0.8 x the mean of their probabilities; needs --ferplus PATH and FER2013's own CSV, the "
+        "teachers' training data; docs/models/default/MODEL_CARD.md)",
+        {**_CPU_FAST, "epochs": 50, "ferplus_mode": "blend", "ferplus_weight": 0.5, "label_set": "fer7",
+         "teacher": ["accurate", "ferplus"], "teacher_weight": 0.8},
     ),
     "ferplus": Recipe(
         "ferplus",
