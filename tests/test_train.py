@@ -373,16 +373,21 @@ def test_ema_run_saves_the_average_and_records_both_curves(tiny_fer_csv, tmp_pat
 # -------------------------------------------------------------------------------- data parallel
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(tiny_fer_csv, tmp_path, runner):
+    from datetime import datetime
+
     out = tmp_path / "ddp"
+    # a far deadline: every rank joins the deadline's all-reduce after each epoch (a rank that skipped it would hang)
+    later = datetime.fromtimestamp(time.time() + 3600).isoformat(timespec="minutes")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(runner),
-           "train", "--data", str(tiny_fer_csv), *FAST, "--epochs", "1", "--out", str(out), "--device", "cpu"]
+           "train", "--data", str(tiny_fer_csv), *FAST, "--epochs", "2", "--out", str(out), "--device", "cpu",
+           "--stop-by", later]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
     hist = json.loads((out / "metrics.json").read_text())["history"]
-    assert len(hist) == 1 and 0 <= hist[0]["val_acc"] <= 1
-    assert r.stdout.count("epoch   1/1") == 1 and r.stdout.count("run directory:") == 1  # only rank 0 reports
+    assert len(hist) == 2 and 0 <= hist[0]["val_acc"] <= 1
+    assert r.stdout.count("epoch   2/2") == 1 and r.stdout.count("run directory:") == 1  # only rank 0 reports
     assert _load(out / "last.pt")["rng"]["world_size"] == 2
 
 
