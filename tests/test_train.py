@@ -201,6 +201,8 @@ def test_parse_deadline_reads_clock_times_and_dates():
         parse_deadline("15:00", now)
     with pytest.raises(FerkitError, match="already past"):
         parse_deadline((datetime.fromtimestamp(now) - timedelta(days=1)).isoformat(), now)
+    # the epoch loop re-reads the deadline checked at the start: by then it may have passed
+    assert parse_deadline("15:00", now, allow_past=True) == now - 3600
 
 
 def test_stop_by_stops_between_epochs_and_resume_finishes_the_same_schedule(tiny_fer_csv, tmp_path, monkeypatch):

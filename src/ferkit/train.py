@@ -352,9 +352,10 @@ def _clock() -> float:
     return time.time()
 
 
-def parse_deadline(text: str, now: float | None = None) -> float:
+def parse_deadline(text: str, now: float | None = None, *, allow_past: bool = False) -> float:
     """``--stop-by``: ``"HH:MM"`` (today) or ``"YYYY-MM-DD HH:MM"`` / ISO 8601, local time unless it names
-    a UTC offset -> a POSIX timestamp. Raises FerkitError when it is malformed or not in the future."""
+    a UTC offset -> a POSIX timestamp. Raises FerkitError when it is malformed or (unless ``allow_past``:
+    the training loop reads the deadline checked at the start) not in the future."""
     from datetime import datetime
 
     now = time.time() if now is None else now
@@ -373,7 +374,7 @@ def parse_deadline(text: str, now: float | None = None) -> float:
     except ValueError:
         raise FerkitError(f"--stop-by takes HH:MM (today) or YYYY-MM-DD HH:MM, local time; got {text!r}") from None
     ts = at.timestamp()
-    if ts <= now:
+    if ts <= now and not allow_past:
         raise FerkitError(f"--stop-by {text} is already past ({at.isoformat(timespec='minutes')}); give a later time, "
                           "or a date for a deadline on another day")
     return ts
@@ -903,7 +904,7 @@ def train(config: TrainConfig) -> Path:
         from datetime import datetime
 
         cfg = replace(cfg, stop_by=datetime.fromtimestamp(parse_deadline(cfg.stop_by)).astimezone()
-                      .isoformat(timespec="minutes"))
+                      .isoformat(timespec="seconds"))
 
     # 2. runtime: device, precision, threads, data parallelism ---------------------------------
     rt = _setup_runtime(cfg)
@@ -1083,7 +1084,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
 
     # 5. the epochs ----------------------------------------------------------------------------
     kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
-    deadline = parse_deadline(cfg.stop_by) if cfg.stop_by else None
+    deadline = parse_deadline(cfg.stop_by, allow_past=True) if cfg.stop_by else None
     stopped = None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
