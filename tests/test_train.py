@@ -855,6 +855,7 @@ def test_model_card_names_every_teacher():
     text = _teacher_text({"data": {"teacher": two}})
     assert "`a.onnx`" in text and "`b.onnx`" in text and "contempt dropped" in text
     assert "0.2 x label + 0.8 x the mean of the teachers' probabilities" in text
+    assert "0.2 x the FER+-blended target above + 0.8" in _teacher_text({"data": {"teacher": two}}, blended=True)
 
 
 def test_train_cli_takes_several_teachers(tmp_path):

@@ -29,7 +29,8 @@ def _ferplus_text(cfg: dict) -> str:
     return f"`{cfg['ferplus']}` ({mode} targets, {protocol} protocol)"
 
 
-def _teacher_text(prov: dict) -> str:
+def _teacher_text(prov: dict, blended: bool = False) -> str:
+    """The distillation line; ``blended``: the target the teachers join is the FER+ blend, not the label."""
     t = (prov.get("data") or {}).get("teacher")
     if not t:
         return "no"
@@ -38,7 +39,8 @@ def _teacher_text(prov: dict) -> str:
                          + (f"; {', '.join(m['dropped_classes'])} dropped, the rest renormalised" if m.get("dropped_classes") else "")
                          + ")" for m in members)
     probs = "the mean of the teachers' probabilities" if len(members) > 1 else "teacher probabilities"
-    return f"from {names}; target = {1 - t.get('weight', 0):g} x label + {t.get('weight'):g} x {probs}"
+    base = "the FER+-blended target above" if blended else "label"
+    return f"from {names}; target = {1 - t.get('weight', 0):g} x {base} + {t.get('weight'):g} x {probs}"
 
 
 def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:
@@ -51,7 +53,7 @@ def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> li
         f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
         f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
         "PrivateTest was not used for any choice.",
-        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}; distillation: {_teacher_text(prov)}.",
+        f"- Cleaning: {cfg.get('clean') or 'none'}; FER+ labels: {_ferplus_text(cfg)}; distillation: {_teacher_text(prov, cfg.get('ferplus_mode') == 'blend' and bool(cfg.get('ferplus')))}.",
         "",
         "## Recipe",
         "",
