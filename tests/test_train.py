@@ -726,13 +726,18 @@ def test_resume_keeps_the_saved_ferplus_weight_and_accepts_runs_from_before_it(t
 @pytest.fixture
 def teacher_onnx(tiny_fer_csv, tmp_path) -> Path:
     """A tiny model trained on the tiny CSV's Training split and exported: a teacher for the student runs."""
+    return _export_tiny(tmp_path, "teacher", data=str(tiny_fer_csv), epochs=2, seed=3)
+
+
+def _export_tiny(tmp_path, name, epochs: int = 1, **kw) -> Path:
+    """Train the tiny network for ``epochs`` in tmp_path/name (TrainConfig fields in kw) and export it to name.onnx."""
     from ferkit.export import export_onnx
     from ferkit.train import TrainConfig, train
 
-    run = train(TrainConfig(data=str(tiny_fer_csv), out=str(tmp_path / "teacher"), arch=TINY, epochs=2,
-                            augment="none", progress=False, threads=1, seed=3))
-    export_onnx(run, tmp_path / "teacher.onnx")
-    return tmp_path / "teacher.onnx"
+    run = train(TrainConfig(out=str(tmp_path / name), arch=TINY, epochs=epochs, augment="none", progress=False,
+                            threads=1, **kw))
+    export_onnx(run, tmp_path / f"{name}.onnx")
+    return tmp_path / f"{name}.onnx"
 
 
 def test_distill_targets_mix_the_label_with_the_teachers_probabilities(tiny_fer_csv, teacher_onnx):
@@ -775,15 +780,6 @@ def test_distill_refuses_a_teacher_that_could_leak_or_does_not_fit(tiny_fer_csv,
         distill_targets(teacher_onnx, fer6.train.images, fer6.train.labels, fer6.labels, fer6.info, 0.5)
     with pytest.raises(FerkitError, match=r"\[0, 1\]"):
         distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.5)
-
-
-def _export_tiny(tmp_path, name, **kw) -> Path:
-    from ferkit.export import export_onnx
-    from ferkit.train import TrainConfig, train
-
-    run = train(TrainConfig(out=str(tmp_path / name), arch=TINY, epochs=1, augment="none", progress=False, threads=1, **kw))
-    export_onnx(run, tmp_path / f"{name}.onnx")
-    return tmp_path / f"{name}.onnx"
 
 
 def test_distill_averages_several_teachers(tiny_fer_csv, teacher_onnx, tmp_path):
