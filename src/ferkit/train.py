@@ -900,10 +900,10 @@ def train(config: TrainConfig) -> Path:
         cfg, resume_ckpt = _resume_config(config)
     else:
         cfg, resume_ckpt = resolve_config(config), None
-    if cfg.stop_by:  # saved with its date: "HH:MM" alone would not say which day
+    if cfg.stop_by:  # saved with its date: "HH:MM" alone would not say which day (checked as future above)
         from datetime import datetime
 
-        cfg = replace(cfg, stop_by=datetime.fromtimestamp(parse_deadline(cfg.stop_by)).astimezone()
+        cfg = replace(cfg, stop_by=datetime.fromtimestamp(parse_deadline(cfg.stop_by, allow_past=True)).astimezone()
                       .isoformat(timespec="seconds"))
 
     # 2. runtime: device, precision, threads, data parallelism ---------------------------------
