@@ -138,6 +138,8 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         meta["ferplus"] = splits.info["ferplus"]
     if splits.info.get("cleaning"):
         meta["cleaning"] = splits.info["cleaning"]
+    if splits.info.get("pack"):
+        meta["pack"] = splits.info["pack"]
     return splits.get(split), meta
 
 
@@ -183,7 +185,8 @@ def evaluate(
     subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
     y = np.asarray(subset.labels, dtype=np.int64)
     if len(y) == 0:
-        raise FerkitError(f"split {split!r} is empty in this data; nothing to evaluate")
+        held = f" (a pack of {', '.join(data_meta['pack']['splits'])} only)" if data_meta.get("pack") else ""
+        raise FerkitError(f"split {split!r} is empty in this data{held}; nothing to evaluate")
     if y.min() < 0 or y.max() >= len(lm.labels):
         raise FerkitError(f"the data's labels run {y.min()}..{y.max()} but the model has {len(lm.labels)} classes")
     mode = lm.default_tta if tta is None else normalize_tta(tta)

@@ -168,7 +168,8 @@ DEFAULTS: dict[str, Any] = {
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUME_OVERRIDABLE = {"epochs", "device", "threads", "progress", "compile", "eval_batch_size", "precision",
-                      "channels_last", "resume", "out", "overwrite", "stop_by"}
+                      "channels_last", "resume", "out", "overwrite", "stop_by",
+                      "data", "ferplus"}  # another path to the same files (a pack, a copy): their sha256 is checked
 
 # Registry-info keys of an architecture that are training settings (see ferkit.models.register_model).
 _ARCH_SETTING_KEYS = ("label_set", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size",
@@ -938,6 +939,10 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     if resume_ckpt is not None and resume_ckpt["data"].get("data_sha256") != splits.info.get("data_sha256"):
         raise FerkitError(f"{cfg.data} is not the file this run was trained on (sha256 differs); "
                           f"resume with the original data")
+    if resume_ckpt is not None and ((resume_ckpt["data"].get("ferplus") or {}).get("sha256")
+                                    != (splits.info.get("ferplus") or {}).get("sha256")):
+        raise FerkitError(f"the FER+ votes ({cfg.ferplus}) are not those this run was trained on (sha256 differs); "
+                          "resume with the original fer2013new.csv (or a pack that carries it)")
     if cfg.obfuscate:  # the privacy experiment: learn from obfuscated faces only
         from .privacy.obfuscate import obfuscate_batch, parse_obfuscation
 

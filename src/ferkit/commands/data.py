@@ -1,4 +1,5 @@
-"""``ferkit data stats|clean``: class counts, a bar chart, image-quality counts and the cleaning report."""
+"""``ferkit data stats|clean|pack``: class counts, a bar chart, image-quality counts, the cleaning report, and
+compact packs of FER2013 for moving the training data to another machine."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,21 @@ def register(subparsers) -> None:
                    help="blank, histogram, duplicates (default: all three); RULE:all cleans val/test too")
     c.add_argument("--json", action="store_true", help="print the full report (with row ids) as JSON")
     c.set_defaults(func=clean_command)
+
+    k = sub.add_parser("pack", help="write FER2013 (+ FER+ votes) as a compact, checked .npz for another machine",
+                       description="Pack the chosen Usage splits of a FER2013 CSV (and FER+'s fer2013new.csv) into an "
+                                   "LZMA-compressed .npz that keeps the CSV's sha256; --data and --ferplus of every "
+                                   "command take the pack in place of the CSVs.")
+    k.add_argument("--data", required=True, help="FER2013 CSV (.csv or .csv.gz)")
+    k.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv to carry along (checked against the CSV)")
+    k.add_argument("--splits", nargs="+", default=None, metavar="SPLIT", choices=("Training", "PublicTest", "PrivateTest"),
+                   help="Usage splits to pack (default: all three; Training PublicTest is what training needs)")
+    k.add_argument("--max-mb", type=float, default=None, metavar="MB",
+                   help="cut the pack into parts of at most about MB megabytes (OUT, OUT-stem.part2.npz, ...)")
+    k.add_argument("--skip-bad", action="store_true", help="skip (and record) malformed CSV rows")
+    k.add_argument("--overwrite", action="store_true", help="replace existing pack files")
+    k.add_argument("--out", required=True, help="pack file to write, ending in .npz")
+    k.set_defaults(func=pack_command)
 
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -204,4 +220,23 @@ def clean_command(args) -> int:
     print(f"{'size before':<31}" + "".join(f"{report['sizes_before'][r]:>13,}" for r in roles))
     print(f"{'size after':<31}" + "".join(f"{report['sizes_after'][r]:>13,}" for r in roles))
     print("\n(--json lists the removed row ids per rule and split)", file=sys.stderr)
+    return 0
+
+
+def pack_command(args) -> int:
+    from ..data.fer2013 import USAGES
+    from ..data.pack import write_pack
+
+    rep = write_pack(args.data, args.out, ferplus=args.ferplus, splits=args.splits or USAGES, max_mb=args.max_mb,
+                     skip_bad=args.skip_bad, overwrite=args.overwrite)
+    print(f"packed {rep['images']:,} images of {rep['source']} (sha256 {rep['source_sha256'][:16]}...): "
+          + ", ".join(f"{u} {n:,}" for u, n in rep["counts"].items())
+          + (f"; FER+ votes (sha256 {rep['ferplus_sha256'][:16]}...)" if rep["ferplus_sha256"] else ""))
+    print(f"{rep['raw_bytes'] / 1e6:.1f} MB of pixels -> {rep['packed_bytes'] / 1e6:.1f} MB "
+          f"({rep['packed_bytes'] / rep['raw_bytes']:.2f} of the raw size) in {len(rep['files'])} file(s):")
+    folder = Path(rep["out"]).parent
+    for name, size in rep["files"]:
+        print(f"  {folder / name}  {size / 1e6:.1f} MB")
+    if len(rep["files"]) > 1:
+        print("keep the parts side by side; pass the first one as --data (and --ferplus)")
     return 0

@@ -37,7 +37,9 @@ class Fer2013:
 
     images: uint8 (N, 48, 48); labels: int64 FER2013 ids (N,); usage: int8 index into USAGES (N,);
     rows: int64 0-based data-row number in the file (N,) (rows stay aligned with fer2013new.csv);
-    skipped: (row, reason) for rows dropped with ``skip_bad``.
+    skipped: (row, reason) for rows dropped with ``skip_bad``;
+    source_rows: data rows of the original CSV when that is not ``rows.max() + 1`` (a pack of some splits);
+    pack: what a pack (:mod:`ferkit.data.pack`) says of itself, None for a CSV. ``sha256`` is always the CSV's.
     """
 
     images: np.ndarray
@@ -47,6 +49,8 @@ class Fer2013:
     sha256: str
     path: str
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    source_rows: int | None = None
+    pack: dict | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -263,7 +267,8 @@ def load_fer2013(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> Fer2013:
-    """Load ``fer2013.csv`` or ``fer2013.csv.gz`` (gzip is recognised by its magic bytes, not the name).
+    """Load ``fer2013.csv`` or ``fer2013.csv.gz`` (gzip is recognised by its magic bytes, not the name), or a
+    pack written by ``ferkit data pack`` (:mod:`ferkit.data.pack`; recognised by its content).
 
     A malformed row (wrong field count, wrong pixel count, a value outside 0..255 or not an integer, an
     unknown label or Usage) raises :class:`FerkitError` naming the row (0-based data row and 1-based
@@ -277,6 +282,10 @@ def load_fer2013(
         raise FerkitError(f"{p} is a folder; pass the path of fer2013.csv or fer2013.csv.gz")
     if not p.is_file():
         raise FerkitError(f"no such file: {p}; pass the path of fer2013.csv or fer2013.csv.gz")
+    from .pack import is_pack, load_pack
+
+    if is_pack(p):
+        return load_pack(p)
     try:
         digest = file_sha256(p)
     except OSError as e:

@@ -92,14 +92,24 @@ class FerPlus:
 
 
 def load_ferplus(path: str | os.PathLike) -> FerPlus:
-    """Read ``fer2013new.csv``; a wrong header or malformed row is a :class:`FerkitError` naming the row."""
+    """Read ``fer2013new.csv`` (or the copy a ferkit pack carries); a wrong header or malformed row is a
+    :class:`FerkitError` naming the row."""
+    from .pack import is_pack, pack_ferplus_bytes
+
     p = Path(path)
     if not p.is_file():
         raise FerkitError(f"no such file: {p}; pass the path of FER+'s fer2013new.csv")
+    if is_pack(p):  # a ferkit pack that carries fer2013new.csv verbatim
+        raw, digest = pack_ferplus_bytes(p)
+        return _parse_ferplus(raw, p, digest)
     try:
         raw = p.read_bytes()
     except OSError as e:
         raise FerkitError(f"cannot read {p}: {e}") from None
+    return _parse_ferplus(raw, p, file_sha256(p))
+
+
+def _parse_ferplus(raw: bytes, p: Path, digest: str) -> FerPlus:
     if b"\x00" in raw[:4096] or raw[:2] == b"\x1f\x8b":
         raise FerkitError(f"{p} is not a plain CSV text file; expected FER+'s fer2013new.csv")
     try:
@@ -135,7 +145,7 @@ def load_ferplus(path: str | os.PathLike) -> FerPlus:
         votes.append(v)
     if not usage:
         raise FerkitError(f"{p}: no data rows")
-    return FerPlus(np.asarray(votes, np.int16), np.asarray(usage, np.int8), names, str(p), file_sha256(p))
+    return FerPlus(np.asarray(votes, np.int16), np.asarray(usage, np.int8), names, str(p), digest)
 
 
 def _class_of_ferplus_emotion(label_set: str) -> np.ndarray:

@@ -124,7 +124,7 @@ def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: flo
     if mode not in FERPLUS_MODES:
         raise FerkitError(f"unknown FER+ mode {mode!r}; use one of {', '.join(FERPLUS_MODES)}")
     fp = load_ferplus(ferplus)
-    n_csv_rows = int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
+    n_csv_rows = ds.source_rows or int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
     align_ferplus(fp, ds.rows, ds.usage, n_csv_rows, ds.path)
     labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows],
                                            protocol=protocol)
@@ -209,6 +209,9 @@ def prepare_splits(
         raise FerkitError(f"no such file or folder: {data}; pass a FER2013 CSV (.csv or .csv.gz) or an image folder")
     if isinstance(data, Fer2013) or not os.path.isdir(data):
         ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
+        if split == "random" and ds.pack and len(ds.pack["splits"]) < len(USAGES):
+            raise FerkitError(f"{ds.path} is a pack of {', '.join(ds.pack['splits'])} only; the random split pools all "
+                              "three Usage splits, so pack all of them (ferkit data pack without --splits)")
         if ferplus is not None:
             y, soft, info["ferplus"] = _ferplus_labels(ds, ferplus, ls.name, ferplus_mode, ferplus_weight,
                                                        ferplus_protocol or "plurality")
@@ -225,6 +228,8 @@ def prepare_splits(
             idx = [kept[i] for i in stratified_split(y[kept], seed=seed)]
         info.update({"data_kind": "fer2013-csv", "data_sha256": ds.sha256, "skipped_rows": len(ds.skipped),
                      "skipped": [f"row {r}: {why}" for r, why in ds.skipped[:20]]})
+        if ds.pack:
+            info["pack"] = ds.pack
     else:
         if ferplus is not None:
             raise FerkitError("FER+ labels line up with fer2013.csv rows; --ferplus needs the FER2013 CSV, not an image folder")
