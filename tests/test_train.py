@@ -869,7 +869,8 @@ def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_
 
     common = dict(data=str(tiny_fer_csv), arch=TINY, epochs=1, augment="none", progress=False, threads=1)
     plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
-    student = train(TrainConfig(out=str(tmp_path / "student"), teacher=str(teacher_onnx), teacher_weight=0.7, **common))
+    # a list of one teacher (the Python API) is saved as its name, like the command line's one --teacher
+    student = train(TrainConfig(out=str(tmp_path / "student"), teacher=[str(teacher_onnx)], teacher_weight=0.7, **common))
     ck = _load(student / "last.pt")
     t = ck["data"]["teacher"]
     assert t["teacher"] == str(teacher_onnx) and t["weight"] == 0.7 and len(t["sha256"]) == 64
@@ -879,7 +880,7 @@ def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_
     assert ck["history"][0]["train_loss"] != pytest.approx(_load(plain / "last.pt")["history"][0]["train_loss"], rel=1e-3)
     # resuming goes on with the same teacher file; a resume that names another teacher is refused (a saved
     # setting), and so is one whose teacher file has been replaced (sha256)
-    train(TrainConfig(out=str(student), resume=True, epochs=2, progress=False, threads=1))
+    train(TrainConfig(out=str(student), resume=True, epochs=2, teacher=str(teacher_onnx), progress=False, threads=1))
     assert len(_load(student / "last.pt")["history"]) == 2
     with pytest.raises(FerkitError, match="teacher was"):
         train(TrainConfig(out=str(student), resume=True, epochs=3, teacher=str(tmp_path / "x.onnx"), progress=False,

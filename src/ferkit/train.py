@@ -221,6 +221,13 @@ def _merge_augment(base: dict[str, Any], layer: str | dict[str, Any] | None) -> 
     return {**base, **layer}
 
 
+def canonical_teacher(teacher: str | list[str] | tuple[str, ...] | None) -> str | list[str] | None:
+    """One teacher as its name, several as a list: how a run saves them, whichever way they were given."""
+    if isinstance(teacher, (list, tuple)):
+        return str(teacher[0]) if len(teacher) == 1 else [str(t) for t in teacher]
+    return teacher
+
+
 def resolve_config(config: TrainConfig) -> TrainConfig:
     """The concrete configuration of a new run: every field decided and checked.
 
@@ -392,6 +399,7 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         raise FerkitError(f"nothing to resume: {last} does not exist (start the run without --resume)")
     ckpt = load_checkpoint(last, "last")
     saved = dict(ckpt["config"])
+    saved["teacher"] = canonical_teacher(saved.get("teacher"))
     for k, v in DEFAULTS.items():  # a setting added after the run was started: the run used its default
         saved.setdefault(k, v)
     for k, v in asdict(config).items():
@@ -897,6 +905,7 @@ def _prepare_run_dir(cfg: TrainConfig) -> Path:
 def train(config: TrainConfig) -> Path:
     """Train a network as ``config`` says and return the run directory (see the module docstring)."""
     # 1. configuration ------------------------------------------------------------------------
+    config = replace(config, teacher=canonical_teacher(config.teacher))
     if config.resume:
         cfg, resume_ckpt = _resume_config(config)
     else:
