@@ -71,8 +71,8 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
     must predict them, and may predict classes the student's label set excludes). data_info: the
     student's ``Splits.info`` (its data_sha256, split and seed must match each teacher's training data).
     base: the target before distillation (default: one-hot ``labels``).
-    Returns the targets and a JSON-ready record of the teacher(s) (path, sha256, tta, weight, accuracy
-    on these images); with several teachers, ``teachers`` holds one record each and ``sha256`` is the
+    Returns the targets and a JSON-ready record of the teacher(s) (the name given, its path, sha256, tta,
+    weight, accuracy on these images); with several teachers, ``teachers`` holds one record each and ``sha256`` is the
     sha256 of their sha256s.
     """
     from .data.fer2013 import file_sha256
@@ -107,7 +107,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
         probs = raw[:, cols]
         kept = probs.sum(1, keepdims=True)
         probs = (probs / np.maximum(kept, 1e-12)).astype(np.float32)
-        rec = {"teacher": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"),
+        rec = {"teacher": str(name), "path": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"),
                "tta": clf.tta, "teacher_train_acc": float((probs.argmax(1) == labels).mean())}
         if dropped:
             rec["dropped_classes"] = dropped
