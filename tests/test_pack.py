@@ -173,3 +173,40 @@ def test_cli_pack_then_train_evaluate_and_resume_across_csv_and_pack(csv_pair, t
     assert cli_main(["evaluate", str(run), "--data", str(pack), "--split", "PublicTest"]) == 0
     assert cli_main(["evaluate", str(run), "--data", str(pack), "--split", "PrivateTest"]) == 2
     assert "a pack of Training, PublicTest only" in capsys.readouterr().err
+
+
+def test_device_script_trains_from_a_pack_and_leaves_pieces_that_join_back(csv_pair, tmp_path):
+    """scripts/device_train.sh, as a GPU session would run it, here on the CPU with the tiny network."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    csv, fp = csv_pair
+    P.write_pack(csv, tmp_path / "p.npz", ferplus=fp, splits=["Training", "PublicTest"])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_train.sh"
+    runner = tmp_path / "py.sh"  # the script's python, with the test network registered (as in test_train's RUNNER)
+    runner.write_text("#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = ferkit.cli ]; then shift 2; exec "
+                      f"\"{sys.executable}\" -c 'import sys; sys.path.insert(0, \"{Path(__file__).parent}\"); "
+                      "import test_train; from ferkit.cli import main; sys.exit(main(sys.argv[1:]))' \"$@\"; fi\n"
+                      f"exec \"{sys.executable}\" \"$@\"\n")
+    runner.chmod(0o755)
+    env = {**os.environ, "PACK": str(tmp_path / "p.npz"), "RUN": "r", "OUT": str(tmp_path / "out"), "KEEP_LAST": "1",
+           "PYTHON": str(runner)}
+    r = subprocess.run(["bash", str(script), *FAST, "--epochs", "2", "--ferplus", str(tmp_path / "p.npz"),
+                        "--ferplus-mode", "blend"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    out = tmp_path / "out"
+    with tarfile.open(out / "r.tgz") as tf:
+        names = set(tf.getnames())
+        scores = json.load(tf.extractfile("r/publictest.json"))
+    assert scores["split"] == "PublicTest" and scores["n"] == 20 and 0 <= scores["accuracy"] <= 1
+    assert {"r/config.json", "r/metrics.csv", "r/train.log", "r/publictest.json"} <= names
+    assert not any(n.endswith(".pt") for n in names)
+    for ck in ("best", "last"):
+        joined = b"".join(p.read_bytes() for p in sorted(out.glob(f"r.{ck}.pt.part*")))
+        assert joined == (tmp_path / "runs" / "r" / f"{ck}.pt").read_bytes()
+    # a second run under the same name is refused before anything is trained
+    r = subprocess.run(["bash", str(script), *FAST], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "exists" in r.stderr
