@@ -134,12 +134,11 @@ def write_pack(
     if ferplus is not None:
         from .ferplus import align_ferplus, load_ferplus
 
+        if is_pack(ferplus):
+            raise FerkitError(f"{ferplus} is a pack; pass FER+'s original fer2013new.csv")
         fp = load_ferplus(ferplus)  # parsed and checked against the CSV now, not on the other machine
         align_ferplus(fp, ds.rows, ds.usage, source_rows, ds.path)
-        fp_bytes = Path(ferplus).read_bytes() if not is_pack(ferplus) else None
-        if fp_bytes is None:
-            raise FerkitError(f"{ferplus} is a pack; pass FER+'s original fer2013new.csv")
-        fp_sha = fp.sha256
+        fp_bytes, fp_sha = Path(ferplus).read_bytes(), fp.sha256
     sel = np.flatnonzero(np.isin(ds.usage, [USAGES.index(u) for u in splits]))
     if len(sel) == 0:
         raise FerkitError(f"{data} has no rows in {', '.join(splits)}")
@@ -159,9 +158,9 @@ def write_pack(
     limit = None if max_mb is None else max_mb * 1e6
     tmp_files: list[Path] = []
     assignment: list[list[int]] = [[]]  # chunk ids of each part
+    zfs: list[zipfile.ZipFile] = []
     try:
-        # pass 1: write members, opening a new part when the next chunk would cross the limit
-        zfs: list[zipfile.ZipFile] = []
+        # write the members, opening a new part when the next block would cross the limit
 
         def new_part() -> zipfile.ZipFile:
             t = out.with_name(f".{out.name}.tmp{os.getpid()}-{len(tmp_files)}")
@@ -198,6 +197,11 @@ def write_pack(
         for t, f in zip(tmp_files, finals):
             os.replace(t, f)
     finally:
+        for z in zfs:  # a no-op for the parts closed above; after an error, release the rest
+            try:
+                z.close()
+            except (OSError, ValueError):
+                pass
         for t in tmp_files:
             if t.exists():
                 t.unlink()
