@@ -55,6 +55,14 @@ class Fer2013:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def csv_rows(self) -> int:
+        """Data rows of the original CSV (FER+'s fer2013new.csv must have as many): ``source_rows`` for a
+        pack, else one past the last row read or skipped."""
+        if self.source_rows is not None:
+            return self.source_rows
+        return int(max([int(self.rows.max()) if len(self.rows) else -1] + [r for r, _ in self.skipped])) + 1
+
     def split(self, name: str) -> np.ndarray:
         """Indices of the rows whose Usage is ``name``."""
         if name not in USAGES:

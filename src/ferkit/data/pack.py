@@ -129,7 +129,7 @@ def write_pack(
     if is_pack(data):
         raise FerkitError(f"{data} is already a ferkit pack; pack the original fer2013.csv(.gz)")
     ds = load_fer2013(data, skip_bad=skip_bad)
-    source_rows = int(max([int(ds.rows.max())] + [r for r, _ in ds.skipped])) + 1
+    source_rows = ds.csv_rows
     fp_bytes = fp_sha = None
     if ferplus is not None:
         from .ferplus import align_ferplus, load_ferplus
@@ -256,11 +256,9 @@ def load_pack(path: str | os.PathLike) -> Fer2013:
         raise FerkitError(f"{path}: array shapes disagree ({images.shape}, {len(labels)} labels); the pack is damaged")
     if content_sha256(images, labels, usage, rows) != meta["content_sha256"]:
         raise FerkitError(f"{path}: the decoded images do not match the pack's checksum; the file is damaged")
-    ds = Fer2013(images, labels.astype(np.int64), usage.astype(np.int8), rows.astype(np.int64), meta["source_sha256"],
-                 str(path), [(int(r), str(s)) for r, s in meta["skipped"]])
-    ds.source_rows = int(meta["source_rows"])
-    ds.pack = {k: meta[k] for k in ("source", "splits", "counts", "content_sha256", "parts")}
-    return ds
+    return Fer2013(images, labels.astype(np.int64), usage.astype(np.int8), rows.astype(np.int64), meta["source_sha256"],
+                   str(path), [(int(r), str(s)) for r, s in meta["skipped"]], source_rows=int(meta["source_rows"]),
+                   pack={k: meta[k] for k in ("source", "splits", "counts", "content_sha256", "parts")})
 
 
 def pack_ferplus_bytes(path: str | os.PathLike) -> tuple[bytes, str]:

@@ -124,8 +124,7 @@ def _ferplus_labels(ds: Fer2013, ferplus, label_set: str, mode: str, weight: flo
     if mode not in FERPLUS_MODES:
         raise FerkitError(f"unknown FER+ mode {mode!r}; use one of {', '.join(FERPLUS_MODES)}")
     fp = load_ferplus(ferplus)
-    n_csv_rows = ds.source_rows or int(max([int(ds.rows.max()) if len(ds.rows) else -1] + [r for r, _ in ds.skipped])) + 1
-    align_ferplus(fp, ds.rows, ds.usage, n_csv_rows, ds.path)
+    align_ferplus(fp, ds.rows, ds.usage, ds.csv_rows, ds.path)
     labels, soft, reason = ferplus_targets(fp.votes[ds.rows], label_set, dropped=fp.dropped_by_ferplus[ds.rows],
                                            protocol=protocol)
     info = {"path": str(ferplus), "sha256": fp.sha256, "mode": mode, "protocol": protocol,
