@@ -90,6 +90,12 @@ def test_pack_in_parts_of_a_given_size(tmp_path, monkeypatch):
         load_fer2013(tmp_path / "n.npz")
     (tmp_path / "n.part3.npz").write_bytes(part3)
     assert len(load_fer2013(tmp_path / "n.npz")) == 900
+    # replaced by a pack in fewer parts: the old further parts go, a file that is not a pack stays
+    (tmp_path / f"n.part{len(names) + 1}.npz").write_text("notes")  # right after the last old part
+    rep2 = P.write_pack(csv, tmp_path / "n.npz", splits=["PublicTest"], max_mb=1, overwrite=True)
+    assert len(rep2["files"]) == 1 and not (tmp_path / "n.part2.npz").exists()
+    assert not (tmp_path / f"n.part{len(names)}.npz").exists() and (tmp_path / f"n.part{len(names) + 1}.npz").exists()
+    assert len(load_fer2013(tmp_path / "n.npz")) == 100
 
 
 def test_a_damaged_pack_is_refused(csv_pair, tmp_path):

@@ -115,7 +115,8 @@ def write_pack(
     """Pack the ``splits`` of a FER2013 CSV (and ``ferplus``'s fer2013new.csv) into ``out`` (+ parts).
 
     Returns a report: files (name, bytes), images per split, raw and packed bytes, the CSV's sha256 and
-    the content sha256. Existing files are refused unless ``overwrite``.
+    the content sha256. Existing files are refused unless ``overwrite``, which also removes the further parts
+    of a replaced pack that had more.
     """
     out = Path(out)
     if not out.name.endswith(".npz"):
@@ -196,6 +197,11 @@ def write_pack(
             raise FerkitError(f"{existing[0]} exists; pass --overwrite (overwrite=True) to replace it")
         for t, f in zip(tmp_files, finals):
             os.replace(t, f)
+        # a replaced pack that had more parts: its further parts belong to no pack now
+        k = len(names) + 1
+        while (stale := out.with_name(part_names(out, k)[-1])).exists() and is_pack(stale):
+            stale.unlink()
+            k += 1
     finally:
         for z in zfs:  # a no-op for the parts closed above; after an error, release the rest
             try:
