@@ -373,10 +373,24 @@ def test_ema_run_saves_the_average_and_records_both_curves(tiny_fer_csv, tmp_pat
 
 
 # -------------------------------------------------------------------------------- data parallel
+# After training, each process lists the threads it still runs (Linux names them in /proc): gloo's worker threads
+# must be gone, else they may release a collective's tensors during interpreter shutdown and abort the process.
+DDP_RUNNER = RUNNER.replace("sys.exit(main(sys.argv[1:]))", textwrap.dedent("""
+    rc = main(sys.argv[1:])
+    import os
+    tasks = os.listdir("/proc/self/task")
+    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
+    print("threads left:", len(tasks), "gloo:", sum("gloo" in n for n in names), flush=True)
+    sys.exit(rc)
+"""))
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_gloo(tiny_fer_csv, tmp_path, runner):
+def test_torchrun_two_processes_gloo(tiny_fer_csv, tmp_path):
     from datetime import datetime
 
+    runner = tmp_path / "run_ferkit_ddp.py"
+    runner.write_text(DDP_RUNNER)
     out = tmp_path / "ddp"
     # a far deadline: every rank joins the deadline's all-reduce after each epoch (a rank that skipped it would hang)
     later = datetime.fromtimestamp(time.time() + 3600).isoformat(timespec="minutes")
@@ -391,6 +405,8 @@ def test_torchrun_two_processes_gloo(tiny_fer_csv, tmp_path, runner):
     assert len(hist) == 2 and 0 <= hist[0]["val_acc"] <= 1
     assert r.stdout.count("epoch   2/2") == 1 and r.stdout.count("run directory:") == 1  # only rank 0 reports
     assert _load(out / "last.pt")["rng"]["world_size"] == 2
+    if Path("/proc/self/task").is_dir():  # the process group was freed and its threads joined, in both processes
+        assert r.stdout.count("gloo: 0") == 2 and "threads left:" in r.stdout, r.stdout[-2000:]
 
 
 def test_shards_cover_the_epoch_equally():
