@@ -378,9 +378,14 @@ def test_ema_run_saves_the_average_and_records_both_curves(tiny_fer_csv, tmp_pat
 DDP_RUNNER = RUNNER.replace("sys.exit(main(sys.argv[1:]))", textwrap.dedent("""
     rc = main(sys.argv[1:])
     import os
-    tasks = os.listdir("/proc/self/task")
-    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks]
-    print("threads left:", len(tasks), "gloo:", sum("gloo" in n for n in names), flush=True)
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:  # a thread may end between the listing and the read
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    print("threads left:", len(names), "gloo:", sum("gloo" in n for n in names), flush=True)
     sys.exit(rc)
 """))
 

@@ -541,8 +541,8 @@ def _setup_runtime(cfg: TrainConfig) -> Runtime:
             # torch._dynamo (imported by DistributedDataParallel) keeps references to a process group that exists
             # when it is first imported, so destroy_process_group could not free the group: gloo's worker threads
             # then outlived the run and could take the GIL during interpreter shutdown to release a collective's
-            # tensors, which aborts the process ("terminate called without an active exception", about one run
-            # in 20 on a busy CPU). Imported before the group exists, it holds none: destroy_process_group (in
+            # tensors, which aborts the process ("terminate called without an active exception", a few runs in
+            # a hundred on a busy CPU). Imported before the group exists, it holds none: destroy_process_group (in
             # train()) then frees the group, and its threads are joined before train() returns.
             importlib.import_module("torch._dynamo")
 
