@@ -379,7 +379,7 @@ DDP_RUNNER = RUNNER.replace("sys.exit(main(sys.argv[1:]))", textwrap.dedent("""
     rc = main(sys.argv[1:])
     import os
     names = []
-    for t in os.listdir("/proc/self/task"):
+    for t in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else []:  # Linux only
         try:  # a thread may end between the listing and the read
             with open(f"/proc/self/task/{t}/comm") as f:
                 names.append(f.read().strip())
