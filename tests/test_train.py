@@ -580,6 +580,8 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--recipe", "nope"], "unknown recipe"),
     (["--teacher", "MISSING.onnx"], "model file not found"),
     (["--teacher", "default", "--teacher-weight", "-0.1"], "--teacher-weight"),
+    (["--teacher", "default", "--teacher-temperature", "0"], "--teacher-temperature"),
+    (["--teacher", "default", "--teacher-temperature", "nan"], "--teacher-temperature"),
     (["--teacher", "default", "--teacher", "MISSING.onnx"], "model file not found"),  # every teacher is checked
     (["--teacher", "ferplus", "--label-set", "fer6"], "predicts"),  # fer6 merges disgust: its mass has no place
 ])
@@ -784,6 +786,36 @@ def test_distill_targets_mix_the_label_with_the_teachers_probabilities(tiny_fer_
     np.testing.assert_allclose(mixed, 0.5 * base + 0.5 * probs, atol=1e-6)
 
 
+def test_teacher_temperature_reshapes_the_teachers_probabilities(tiny_fer_csv, teacher_onnx):
+    from ferkit.data import prepare_splits
+    from ferkit.distill import distill_targets, with_temperature
+
+    # p ** (1/T) renormalised is softmax(logits / T): checked against torch on made-up logits
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(0)) * 4
+    p = torch.softmax(logits, 1).numpy()
+    for t in (0.5, 2.0, 4.0):
+        np.testing.assert_allclose(with_temperature(p, t), torch.softmax(logits / t, 1).numpy(), atol=1e-6)
+    np.testing.assert_array_equal(with_temperature(p, 1.0), p.astype(np.float32))
+    # a zero probability at a small T: no overflow or nan, and it stays (near) zero
+    sharp = with_temperature(np.array([[0.0, 0.3, 0.7]]), 0.1)
+    assert np.isfinite(sharp).all() and sharp[0, 0] < 1e-12 and sharp[0, 2] > 0.99
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(FerkitError, match="temperature"):
+            with_temperature(p, bad)
+
+    splits = prepare_splits(str(tiny_fer_csv))
+    tr = splits.train
+    plain, info1 = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.0)
+    soft, info2 = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.0, temperature=3.0)
+    np.testing.assert_allclose(soft, with_temperature(plain, 3.0), atol=1e-6)
+    entropy = lambda q: -(q * np.log(np.maximum(q, 1e-12))).sum(1)  # noqa: E731
+    assert (entropy(soft) >= entropy(plain) - 1e-5).all() and entropy(soft).mean() > entropy(plain).mean()
+    assert (soft.argmax(1) == plain.argmax(1)).all()  # the order of the classes is kept
+    assert info1["temperature"] == 1.0 and info2["temperature"] == 3.0 and "temperature 3" in info2["rule"]
+    with pytest.raises(FerkitError, match="temperature"):
+        distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 0.5, temperature=0)
+
+
 def test_distill_refuses_a_teacher_that_could_leak_or_does_not_fit(tiny_fer_csv, teacher_onnx, tmp_path):
     from conftest import make_fer_csv
     from ferkit.data import prepare_splits
@@ -873,6 +905,9 @@ def test_model_card_names_every_teacher():
     assert "`a.onnx`" in text and "`b.onnx`" in text and "contempt dropped" in text
     assert "0.2 x label + 0.8 x the mean of the teachers' probabilities" in text
     assert "0.2 x the FER+-blended target above + 0.8" in _teacher_text({"data": {"teacher": two}}, blended=True)
+    assert "temperature" not in text
+    warm = _teacher_text({"data": {"teacher": {**two, "temperature": 2.0}}})
+    assert "0.8 x the mean of the teachers' probabilities (each at temperature 2: p ** (1/2), renormalised)" in warm
 
 
 def test_train_cli_takes_several_teachers(tmp_path):
@@ -891,18 +926,21 @@ def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_
     common = dict(data=str(tiny_fer_csv), arch=TINY, epochs=1, augment="none", progress=False, threads=1)
     plain = train(TrainConfig(out=str(tmp_path / "plain"), **common))
     # a list of one teacher (the Python API) is saved as its name, like the command line's one --teacher
-    student = train(TrainConfig(out=str(tmp_path / "student"), teacher=[str(teacher_onnx)], teacher_weight=0.7, **common))
+    student = train(TrainConfig(out=str(tmp_path / "student"), teacher=[str(teacher_onnx)], teacher_weight=0.7,
+                                teacher_temperature=2.0, **common))
     ck = _load(student / "last.pt")
     t = ck["data"]["teacher"]
-    assert t["teacher"] == str(teacher_onnx) and t["weight"] == 0.7 and len(t["sha256"]) == 64
+    assert t["teacher"] == str(teacher_onnx) and t["weight"] == 0.7 and len(t["sha256"]) == 64 and t["temperature"] == 2.0
     cfg = json.loads((student / "config.json").read_text())
-    assert cfg["teacher"] == str(teacher_onnx) and cfg["teacher_weight"] == 0.7
+    assert cfg["teacher"] == str(teacher_onnx) and cfg["teacher_weight"] == 0.7 and cfg["teacher_temperature"] == 2.0
     # same images and seed: only the training target differs
     assert ck["history"][0]["train_loss"] != pytest.approx(_load(plain / "last.pt")["history"][0]["train_loss"], rel=1e-3)
     # resuming goes on with the same teacher file; a resume that names another teacher is refused (a saved
     # setting), and so is one whose teacher file has been replaced (sha256)
     train(TrainConfig(out=str(student), resume=True, epochs=2, teacher=str(teacher_onnx), progress=False, threads=1))
     assert len(_load(student / "last.pt")["history"]) == 2
+    with pytest.raises(FerkitError, match="teacher_temperature was 2.0"):  # other targets: not the same run
+        train(TrainConfig(out=str(student), resume=True, epochs=3, teacher_temperature=1.0, progress=False, threads=1))
     with pytest.raises(FerkitError, match="teacher was"):
         train(TrainConfig(out=str(student), resume=True, epochs=3, teacher=str(tmp_path / "x.onnx"), progress=False,
                           threads=1))

@@ -5,7 +5,9 @@ same runtime users have (with each teacher's default test-time augmentation), an
 training target: ``(1 - weight) x target + weight x teacher probabilities``, where ``target`` is the
 one-hot label (or the FER+ target when FER+ supervision is on). With several teachers, the teacher
 probabilities are their mean. The student then trains on these soft targets with the usual
-cross-entropy, augmentations included (Hinton et al. 2015 at temperature 1).
+cross-entropy, augmentations included (Hinton et al. 2015). A temperature T reshapes each teacher's
+probabilities before they are averaged: ``p ** (1 / T)``, renormalised, which is the softmax of its logits
+divided by T (T > 1 softer, T < 1 sharper); the student still learns at temperature 1.
 
 A teacher may predict classes the student's label set leaves out (e.g. FER+'s contempt for a ``fer7``
 student): their probability is dropped and the rest renormalised, the same as the student's own
@@ -62,15 +64,33 @@ def _columns(teacher, teacher_labels: Sequence[str], student_labels: Sequence[st
     return [teacher_labels.index(c) for c in student_labels], extra
 
 
+def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows of probabilities at another temperature: ``p ** (1 / T)`` renormalised (= softmax(logits / T)).
+
+    Computed in log space, so a class the teacher gives (almost) no probability stays near 0 rather than
+    overflowing at a small T."""
+    if not 0 < temperature < float("inf"):
+        raise FerkitError(f"the teacher temperature must be a number > 0, got {temperature}")
+    probs = np.asarray(probs, np.float64)
+    if temperature == 1:
+        return probs.astype(np.float32)
+    logits = np.log(np.maximum(probs, 1e-30)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    out = np.exp(logits)
+    return (out / out.sum(1, keepdims=True)).astype(np.float32)
+
+
 def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names, data_info: dict, weight: float,
-                    *, base: np.ndarray | None = None, threads: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                    *, base: np.ndarray | None = None, threads: int | None = None,
+                    temperature: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
     """The distillation targets (N, C) float32 for ``images`` (uint8 (N, 48, 48) Training faces).
 
     teacher: an exported ``.onnx`` or a bundled model name, or a list of them (their probabilities are
     averaged). labels: the images' class ids. label_names: the student's labels, in order (each teacher
     must predict them, and may predict classes the student's label set excludes). data_info: the
     student's ``Splits.info`` (its data_sha256, split and seed must match each teacher's training data).
-    base: the target before distillation (default: one-hot ``labels``).
+    base: the target before distillation (default: one-hot ``labels``). temperature: applied to each
+    teacher's probabilities (after dropping the classes the student leaves out), see :func:`with_temperature`.
     Returns the targets and a JSON-ready record of the teacher(s) (the name given, its path, sha256, tta,
     weight, accuracy on these images); with several teachers, ``teachers`` holds one record each and ``sha256`` is the
     sha256 of their sha256s.
@@ -84,6 +104,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
         raise FerkitError("no teacher given")
     if not 0 <= weight <= 1:
         raise FerkitError(f"the teacher weight must lie in [0, 1], got {weight}")
+    with_temperature(np.ones((1, 1)), temperature)  # a bad temperature fails before the teachers run
     labels = np.asarray(labels, np.int64)
     n, c = len(labels), len(label_names)
     base = onehot(labels, c) if base is None else np.asarray(base, np.float32)
@@ -106,7 +127,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
         raw = clf.predict_proba(images)
         probs = raw[:, cols]
         kept = probs.sum(1, keepdims=True)
-        probs = (probs / np.maximum(kept, 1e-12)).astype(np.float32)
+        probs = with_temperature(probs / np.maximum(kept, 1e-12), temperature)
         rec = {"teacher": str(name), "path": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"),
                "tta": clf.tta, "teacher_train_acc": float((probs.argmax(1) == labels).mean())}
         if dropped:
@@ -117,15 +138,17 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
     probs = np.mean(all_probs, axis=0) if len(all_probs) > 1 else all_probs[0]
     targets = ((1 - weight) * base + weight * probs).astype(np.float32)
     rule = "target = (1 - weight) * target + weight * teacher probabilities (the teacher's default TTA)"
+    if temperature != 1:
+        rule += f"; each teacher's probabilities at temperature {temperature:g} (p ** (1 / T), renormalised)"
     if any(r.get("dropped_classes") for r in records):
         rule += "; classes the student leaves out are dropped from a teacher's probabilities, the rest renormalised"
     if len(records) == 1:
-        info = {**records[0], "weight": float(weight), "rule": rule}
+        info = {**records[0], "weight": float(weight), "temperature": float(temperature), "rule": rule}
     else:
         info = {"teacher": " + ".join(r["teacher"] for r in records),
                 "sha256": hashlib.sha256("\n".join(r["sha256"] for r in records).encode()).hexdigest(),
                 "arch": " + ".join(str(r["arch"]) for r in records), "tta": " + ".join(str(r["tta"]) for r in records),
-                "weight": float(weight), "teacher_train_acc": float((probs.argmax(1) == labels).mean()),
+                "weight": float(weight), "temperature": float(temperature), "teacher_train_acc": float((probs.argmax(1) == labels).mean()),
                 "teachers": records,
                 "rule": rule.replace("teacher probabilities", "the mean of the teachers' probabilities")}
     return targets, info

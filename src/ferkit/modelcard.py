@@ -40,6 +40,9 @@ def _teacher_text(prov: dict, blended: bool = False) -> str:
                          + ")" for m in members)
     probs = "the mean of the teachers' probabilities" if len(members) > 1 else "teacher probabilities"
     base = "the FER+-blended target above" if blended else "label"
+    temp = t.get("temperature", 1)
+    if temp != 1:
+        probs += f" (each at temperature {temp:g}: p ** (1/{temp:g}), renormalised)"
     return f"from {names}; target = {1 - t.get('weight', 0):g} x {base} + {t.get('weight'):g} x {probs}"
 
 

@@ -78,7 +78,9 @@ class TrainConfig:
     ``teacher`` (an exported ``.onnx`` or bundled model name, or a list of them whose probabilities are
     averaged; trained on the same data and split) with
     ``teacher_weight``: distillation, the training target becomes ``(1 - teacher_weight) x target +
-    teacher_weight x the teacher's probabilities`` (see :mod:`ferkit.distill`),
+    teacher_weight x the teacher's probabilities`` (see :mod:`ferkit.distill`) and ``teacher_temperature``
+    (each teacher's probabilities raised to ``1 / T`` and renormalised first, the same as dividing its logits
+    by T: above 1 softer, below 1 sharper; 1 = as the teacher gives them),
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
@@ -122,6 +124,7 @@ class TrainConfig:
     ferplus_protocol: str | None = None
     teacher: str | list[str] | None = None
     teacher_weight: float | None = None
+    teacher_temperature: float | None = None
     clean: list[str] | None = None
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
@@ -164,6 +167,7 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
+    "teacher_temperature": 1.0,
     "time_budget": None, "stop_by": None,
 }
 
@@ -323,6 +327,8 @@ def _check_config(cfg: TrainConfig) -> None:
         bad(f"--ferplus-weight must lie in [0, 1], got {cfg.ferplus_weight}")
     if cfg.teacher_weight is not None and not 0 <= cfg.teacher_weight <= 1:
         bad(f"--teacher-weight must lie in [0, 1], got {cfg.teacher_weight}")
+    if cfg.teacher_temperature is not None and not (0 < cfg.teacher_temperature < float("inf")):
+        bad(f"--teacher-temperature must be a number > 0, got {cfg.teacher_temperature}")
     if cfg.teacher:
         from .distill import teacher_list
         from .runtime import resolve_model_path
@@ -982,7 +988,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
 
         soft, splits.info["teacher"] = distill_targets(
             cfg.teacher, splits.train.images, splits.train.labels, labels, splits.info, cfg.teacher_weight,
-            base=None if train_soft is None else train_soft.cpu().numpy(), threads=rt.threads)
+            base=None if train_soft is None else train_soft.cpu().numpy(), threads=rt.threads,
+            temperature=cfg.teacher_temperature)
         train_soft = torch.from_numpy(soft).to(data_device)
         if resume_ckpt is not None and (resume_ckpt["data"].get("teacher") or {}).get("sha256") != \
                 splits.info["teacher"]["sha256"]:
@@ -991,7 +998,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         if rt.main:
             t = splits.info["teacher"]
             print(f"distillation: teacher {t['teacher']} ({t['arch']}, tta {t['tta']}, {100 * t['teacher_train_acc']:.2f}% "
-                  f"on the Training images), weight {t['weight']:g}", file=sys.stderr)
+                  f"on the Training images), weight {t['weight']:g}"
+                  + (f", temperature {t['temperature']:g}" if t.get("temperature", 1) != 1 else ""), file=sys.stderr)
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
     caps = _sample_caps(cfg, labels)

@@ -104,6 +104,9 @@ def register(subparsers) -> None:
                         "leaves out (FER+ contempt for fer7) are dropped and the rest renormalised")
     g.add_argument("--teacher-weight", type=float, metavar="W",
                    help="weight of the teacher's probabilities in the training target (default 0.5)")
+    g.add_argument("--teacher-temperature", type=float, metavar="T",
+                   help="soften (T > 1) or sharpen (T < 1) each teacher's probabilities before they join the "
+                        "target: p ** (1/T), renormalised, as dividing its logits by T (default 1: unchanged)")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
     g.add_argument("--obfuscate", metavar="METHOD-STRENGTH",
                    help="train and select on obfuscated faces (privacy experiment), e.g. pixelate-8, blur-2, fill")
@@ -161,7 +164,7 @@ _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cut
               "gamma", "sharpness", "noise")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "stop_by", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
-          "teacher", "teacher_weight", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
+          "teacher", "teacher_weight", "teacher_temperature", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 
