@@ -182,6 +182,12 @@ def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_p
     # resuming keeps the epochs the budget chose
     r = T._resume_config(T.TrainConfig(out=str(tmp_path / "b"), resume=True))[0]
     assert r.epochs == 3 and r.time_budget == 2.5
+    # the command repeated with --resume: the augmentation preset given again is the saved one, resolved
+    for same in ("standard", {"preset": "standard"}, {"flip": cfg["augment"]["flip"]}):
+        assert T._resume_config(T.TrainConfig(out=str(tmp_path / "b"), resume=True, augment=same))[0].augment == cfg["augment"]
+    for other in ("none", {"flip": not cfg["augment"]["flip"]}):
+        with pytest.raises(FerkitError, match="augment was"):
+            T._resume_config(T.TrainConfig(out=str(tmp_path / "b"), resume=True, augment=other))
 
 
 def test_parse_deadline_reads_clock_times_and_dates():
@@ -917,7 +923,18 @@ def test_train_cli_takes_several_teachers(tmp_path):
     base = ["train", "--data", "x.csv", "--out", "r", "--arch", TINY]
     one = config_from_args(build_parser().parse_args([*base, "--teacher", "a.onnx"]))
     two = config_from_args(build_parser().parse_args([*base, "--teacher", "a.onnx", "--teacher", "b.onnx"]))
-    assert one.teacher == "a.onnx" and two.teacher == ["a.onnx", "b.onnx"]
+    assert one.teacher == ["a.onnx"] and two.teacher == ["a.onnx", "b.onnx"]  # train() saves ["a.onnx"] as "a.onnx"
+
+
+def test_train_cli_one_teacher_is_saved_as_its_name_and_resumes(tiny_fer_csv, teacher_onnx, tmp_path):
+    run = tmp_path / "student"
+    argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--out", str(run), "--no-progress", "--threads", "1",
+            "--augment", "none", "--teacher", str(teacher_onnx), "--teacher-temperature", "2"]
+    assert cli_main([*argv, "--epochs", "1"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["teacher"] == str(teacher_onnx) and cfg["teacher_temperature"] == 2.0
+    assert cli_main([*argv, "--epochs", "2", "--resume"]) == 0  # the same one --teacher: the same setting
+    assert len(_load(run / "last.pt")["history"]) == 2
 
 
 def test_distilled_run_records_its_teacher_and_trains_on_other_targets(tiny_fer_csv, teacher_onnx, tmp_path):

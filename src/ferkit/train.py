@@ -409,7 +409,10 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     saved["teacher"] = canonical_teacher(saved.get("teacher"))
     for k, v in DEFAULTS.items():  # a setting added after the run was started: the run used its default
         saved.setdefault(k, v)
-    for k, v in asdict(config).items():
+    given = asdict(config)
+    if given.get("augment") is not None:  # a preset name or edits, as given: compare what they resolve to
+        given["augment"] = AugmentConfig.from_dict(_merge_augment(dict(saved["augment"]), given["augment"])).to_dict()
+    for k, v in given.items():
         if v is not None and k not in RESUME_OVERRIDABLE and v != saved.get(k):
             raise FerkitError(f"--resume continues {config.out} with its saved settings; {k} was {saved.get(k)!r} "
                               f"there, not {v!r}: drop that option (or start a new run with another --out)")

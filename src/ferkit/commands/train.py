@@ -171,11 +171,10 @@ _PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "stop_by", "
 
 def config_from_args(args):
     """The TrainConfig the command line asks for (only the options that were given)."""
-    from ..train import TrainConfig, canonical_teacher
+    from ..train import TrainConfig
 
+    # --teacher comes as a list (action="append"); train() saves a list of one as its name
     values = {k: getattr(args, k) for k in _PLAIN if getattr(args, k) is not None}
-    if values.get("teacher"):
-        values["teacher"] = canonical_teacher(values["teacher"])  # one teacher is saved as a name, as before
     if args.clean:
         values["clean"] = [r.strip() for r in args.clean.split(",") if r.strip()]
     if args.preprocess:
