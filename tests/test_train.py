@@ -588,6 +588,8 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--teacher", "default", "--teacher-weight", "-0.1"], "--teacher-weight"),
     (["--teacher", "default", "--teacher-temperature", "0"], "--teacher-temperature"),
     (["--teacher", "default", "--teacher-temperature", "nan"], "--teacher-temperature"),
+    (["--teacher-temperature", "2"], "it needs --teacher"),  # silently ignored otherwise
+    (["--teacher-weight", "0.5"], "it needs --teacher"),
     (["--teacher", "default", "--teacher", "MISSING.onnx"], "model file not found"),  # every teacher is checked
     (["--teacher", "ferplus", "--label-set", "fer6"], "predicts"),  # fer6 merges disgust: its mass has no place
 ])

@@ -64,13 +64,17 @@ def _columns(teacher, teacher_labels: Sequence[str], student_labels: Sequence[st
     return [teacher_labels.index(c) for c in student_labels], extra
 
 
+def _check_temperature(temperature: float) -> None:
+    if not 0 < temperature < float("inf"):  # also refuses nan
+        raise FerkitError(f"the teacher temperature must be a number > 0, got {temperature}")
+
+
 def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """Rows of probabilities at another temperature: ``p ** (1 / T)`` renormalised (= softmax(logits / T)).
 
     Computed in log space, so a class the teacher gives (almost) no probability stays near 0 rather than
     overflowing at a small T."""
-    if not 0 < temperature < float("inf"):
-        raise FerkitError(f"the teacher temperature must be a number > 0, got {temperature}")
+    _check_temperature(temperature)
     probs = np.asarray(probs, np.float64)
     if temperature == 1:
         return probs.astype(np.float32)
@@ -104,7 +108,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
         raise FerkitError("no teacher given")
     if not 0 <= weight <= 1:
         raise FerkitError(f"the teacher weight must lie in [0, 1], got {weight}")
-    with_temperature(np.ones((1, 1)), temperature)  # a bad temperature fails before the teachers run
+    _check_temperature(temperature)  # before the teachers run
     labels = np.asarray(labels, np.int64)
     n, c = len(labels), len(label_names)
     base = onehot(labels, c) if base is None else np.asarray(base, np.float32)

@@ -264,6 +264,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         merged.update({k: v for k, v in layer.items() if k != "augment"})
     merged["arch"] = arch
     merged["augment"] = AugmentConfig.from_dict(augment).to_dict()
+    lone = [k for k in ("teacher_weight", "teacher_temperature") if k in given]
+    if lone and not merged.get("teacher"):
+        raise FerkitError(f"--{lone[0].replace('_', '-')} shapes the teacher's part of the target: it needs --teacher MODEL")
     if init_meta is not None:
         merged["arch_kwargs"] = {**init_meta.get("arch_kwargs", {}), **given.get("arch_kwargs", {})}
         if "preprocess" not in given:
