@@ -75,10 +75,9 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     Computed in log space, so a class the teacher gives (almost) no probability stays near 0 rather than
     overflowing at a small T."""
     _check_temperature(temperature)
-    probs = np.asarray(probs, np.float64)
     if temperature == 1:
-        return probs.astype(np.float32)
-    logits = np.log(np.maximum(probs, 1e-30)) / temperature
+        return np.asarray(probs, np.float32)
+    logits = np.log(np.maximum(np.asarray(probs, np.float64), 1e-30)) / temperature
     logits -= logits.max(1, keepdims=True)
     out = np.exp(logits)
     return (out / out.sum(1, keepdims=True)).astype(np.float32)

@@ -1005,7 +1005,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             t = splits.info["teacher"]
             print(f"distillation: teacher {t['teacher']} ({t['arch']}, tta {t['tta']}, {100 * t['teacher_train_acc']:.2f}% "
                   f"on the Training images), weight {t['weight']:g}"
-                  + (f", temperature {t['temperature']:g}" if t.get("temperature", 1) != 1 else ""), file=sys.stderr)
+                  + (f", temperature {t['temperature']:g}" if t["temperature"] != 1 else ""), file=sys.stderr)
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
     caps = _sample_caps(cfg, labels)
