@@ -83,6 +83,14 @@ def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (out / out.sum(1, keepdims=True)).astype(np.float32)
 
 
+def _student_columns(raw: np.ndarray, cols: list[int], temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """A teacher's probabilities (N, C_teacher) on the student's classes: the columns ``cols``, renormalised,
+    at ``temperature``. Also returns the probability mass kept per row (N, 1)."""
+    probs = raw[:, cols]
+    kept = probs.sum(1, keepdims=True)
+    return with_temperature(probs / np.maximum(kept, 1e-12), temperature), kept
+
+
 def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names, data_info: dict, weight: float,
                     *, base: np.ndarray | None = None, threads: int | None = None,
                     temperature: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -128,9 +136,7 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
                 "the teacher must be trained on the same data file and split, or its targets leak the "
                 "student's validation/test images")
         raw = clf.predict_proba(images)
-        probs = raw[:, cols]
-        kept = probs.sum(1, keepdims=True)
-        probs = with_temperature(probs / np.maximum(kept, 1e-12), temperature)
+        probs, kept = _student_columns(raw, cols, temperature)
         rec = {"teacher": str(name), "path": str(clf.path), "sha256": file_sha256(clf.path), "arch": clf.metadata.get("arch"),
                "tta": clf.tta, "teacher_train_acc": float((probs.argmax(1) == labels).mean())}
         if dropped:
@@ -155,3 +161,59 @@ def distill_targets(teacher, images: np.ndarray, labels: np.ndarray, label_names
                 "teachers": records,
                 "rule": rule.replace("teacher probabilities", "the mean of the teachers' probabilities")}
     return targets, info
+
+
+class ConsistentTeacher:
+    """The teachers' probabilities on the very batch the student sees, augmentations included ("consistent
+    teaching", Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and consistent"), as
+    opposed to :func:`distill_targets`, which asks them once about each clean Training image.
+
+    Called with the student's preprocessed, augmented batch ``x`` (float (N, 1, S, S), normalised with the
+    student's ``spec``); returns the mean of the teachers' probabilities on the student's classes (N, C),
+    float32 on ``x``'s device: each teacher's default TTA and calibration temperature, classes the student
+    leaves out dropped and the rest renormalised, then ``temperature`` -- the same per-teacher steps as
+    :func:`distill_targets`, so on un-augmented images both give the same probabilities. A teacher whose
+    preprocessing differs from the student's in more than the normalisation's mean and std is refused: its
+    input cannot be derived from the student's batch. Check the teachers' training data with
+    :func:`distill_targets` first (train() does).
+    """
+
+    def __init__(self, teacher, label_names, student_spec, *, label_set: str | None = None,
+                 temperature: float = 1.0, threads: int | None = None):
+        from .runtime import EmotionClassifier
+
+        _check_temperature(temperature)
+        self.temperature = float(temperature)
+        self._parts = []
+        for name in teacher_list(teacher):
+            clf = EmotionClassifier(name, threads=threads)
+            cols, _ = _columns(name, clf.labels, label_names, label_set)
+            ts = clf.spec
+            if (ts.size, ts.equalize, ts.gamma, ts.blur_sigma) != \
+                    (student_spec.size, student_spec.equalize, student_spec.gamma, student_spec.blur_sigma):
+                raise FerkitError(f"the teacher {name} preprocesses faces as {ts}, the student as {student_spec}: "
+                                  "consistent teaching feeds the student's augmented batch to the teacher, so only "
+                                  "the normalisation's mean and std may differ")
+            # the student's x = (pixel - mean_s) / std_s; the teacher's = (pixel - mean_t) / std_t
+            scale, shift = student_spec.std / ts.std, (student_spec.mean - ts.mean) / ts.std
+            self._parts.append((clf, cols, np.float32(scale), np.float32(shift)))
+        if not self._parts:
+            raise FerkitError("no teacher given")
+
+    def __call__(self, x):
+        import torch
+
+        from .metrics import scale_temperature, softmax
+        from .tta import predict_proba_tta
+
+        xs = x.detach().float().cpu().numpy()
+        out = []
+        for clf, cols, scale, shift in self._parts:
+            xt = xs if (scale, shift) == (1, 0) else xs * scale + shift
+            raw = (softmax(np.asarray(clf.forward(xt), np.float32)) if clf.tta == "none"
+                   else predict_proba_tta(clf.forward, xt, clf.tta))
+            if clf.temperature != 1:
+                raw = scale_temperature(raw, clf.temperature)
+            out.append(_student_columns(raw, cols, self.temperature)[0])
+        probs = np.mean(out, axis=0) if len(out) > 1 else out[0]
+        return torch.from_numpy(np.ascontiguousarray(probs, np.float32)).to(x.device)

@@ -43,7 +43,9 @@ def _teacher_text(prov: dict, blended: bool = False) -> str:
     temp = t.get("temperature", 1)
     if temp != 1:
         probs += f" (each at temperature {temp:g}: p ** (1/{temp:g}), renormalised)"
-    return f"from {names}; target = {1 - t.get('weight', 0):g} x {base} + {t.get('weight'):g} x {probs}"
+    when = (" on each augmented batch the student trains on (consistent teaching)" if t.get("mode") == "consistent"
+            else " on each clean Training image, once before training")
+    return f"from {names}; target = {1 - t.get('weight', 0):g} x {base} + {t.get('weight'):g} x {probs}{when}"
 
 
 def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:

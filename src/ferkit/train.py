@@ -80,7 +80,9 @@ class TrainConfig:
     ``teacher_weight``: distillation, the training target becomes ``(1 - teacher_weight) x target +
     teacher_weight x the teacher's probabilities`` (see :mod:`ferkit.distill`) and ``teacher_temperature``
     (each teacher's probabilities raised to ``1 / T`` and renormalised first, the same as dividing its logits
-    by T: above 1 softer, below 1 sharper; 1 = as the teacher gives them),
+    by T: above 1 softer, below 1 sharper; 1 = as the teacher gives them) and ``teacher_mode`` ('fixed': the
+    teachers see each clean Training image once, before training; 'consistent': they see every augmented
+    batch the student sees, :class:`ferkit.distill.ConsistentTeacher`, slower),
     ``preprocess`` (``PreprocessSpec`` fields), ``obfuscate`` (e.g. ``"pixelate-8"``, ``"blur-2"``,
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
@@ -125,6 +127,7 @@ class TrainConfig:
     teacher: str | list[str] | None = None
     teacher_weight: float | None = None
     teacher_temperature: float | None = None
+    teacher_mode: str | None = None
     clean: list[str] | None = None
     obfuscate: str | None = None
     preprocess: dict[str, Any] | None = None
@@ -159,6 +162,8 @@ class TrainConfig:
     overwrite: bool | None = None
 
 
+TEACHER_MODES = ("fixed", "consistent")
+
 DEFAULTS: dict[str, Any] = {
     "arch_kwargs": {}, "label_set": "fer7", "split": "usage", "split_seed": 0, "seed": 0, "skip_bad": False,
     "preprocess": {}, "epochs": 30, "batch_size": 64, "eval_batch_size": 512, "optimizer": "adamw",
@@ -167,7 +172,7 @@ DEFAULTS: dict[str, Any] = {
     "class_weights": "none", "sampling": "none", "augment": "standard", "precision": "auto",
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
-    "teacher_temperature": 1.0,
+    "teacher_temperature": 1.0, "teacher_mode": "fixed",
     "time_budget": None, "stop_by": None,
 }
 
@@ -264,7 +269,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         merged.update({k: v for k, v in layer.items() if k != "augment"})
     merged["arch"] = arch
     merged["augment"] = AugmentConfig.from_dict(augment).to_dict()
-    lone = [k for k in ("teacher_weight", "teacher_temperature") if k in given]
+    lone = [k for k in ("teacher_weight", "teacher_temperature", "teacher_mode") if k in given]
     if lone and not merged.get("teacher"):
         raise FerkitError(f"--{lone[0].replace('_', '-')} shapes the teacher's part of the target: it needs --teacher MODEL")
     if init_meta is not None:
@@ -332,6 +337,8 @@ def _check_config(cfg: TrainConfig) -> None:
         bad(f"--teacher-weight must lie in [0, 1], got {cfg.teacher_weight}")
     if cfg.teacher_temperature is not None and not (0 < cfg.teacher_temperature < float("inf")):
         bad(f"--teacher-temperature must be a number > 0, got {cfg.teacher_temperature}")
+    if cfg.teacher_mode is not None and cfg.teacher_mode not in TEACHER_MODES:
+        bad(f"unknown --teacher-mode {cfg.teacher_mode!r}; choose one of {', '.join(TEACHER_MODES)}")
     if cfg.teacher:
         from .distill import teacher_list
         from .runtime import resolve_model_path
@@ -776,14 +783,23 @@ def _optimisation_step(cfg: TrainConfig, rt: Runtime, train_model: torch.nn.Modu
     return logits, loss
 
 
+def _consistent_target(teach, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None,
+                       weight: float) -> torch.Tensor:
+    """``(1 - weight) x target (one-hot y if None) + weight x the teachers' probabilities on x``."""
+    probs = teach(x)
+    base = target.float() if target is not None else F.one_hot(y, probs.shape[1]).float()
+    return (1 - weight) * base + weight * probs
+
+
 def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmenter: Augmenter,
                    train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                   batch: int, steps_per_epoch: int) -> dict[str, float]:
+                   batch: int, steps_per_epoch: int, teach=None) -> dict[str, float]:
     """Time this run's epoch on this machine, before the run starts (for ``--time-budget``).
 
     A copy of the network takes ``BUDGET_WARMUP_STEPS`` + ``BUDGET_TIMED_STEPS`` training steps through the
     run's own :func:`_optimisation_step` (same batch size, augmentation, precision, memory format, optimiser,
-    clipping and weight average; no mixing, no class weights) on random Training batches, then :func:`evaluate_tensors` over up to 1,024 validation images a process is timed
+    clipping and weight average, and the teachers' calls with consistent teaching; no mixing, no class
+    weights) on random Training batches, then :func:`evaluate_tensors` over up to 1,024 validation images a process is timed
     and scaled to the split.
     The run's own network, optimiser and random streams are left exactly as they were, so a budgeted
     run is the same run as one started with ``--epochs`` set to the number it chose. Under data-parallel
@@ -805,8 +821,9 @@ def _measure_epoch(cfg: TrainConfig, rt: Runtime, model: torch.nn.Module, augmen
 
     def step() -> None:
         idx = torch.randint(0, len(train_y), (batch,), generator=gen).to(train_x.device)
-        _optimisation_step(cfg, rt, probe, probe, opt, scaler, avg, augmenter(train_x[idx], gen), train_y[idx],
-                           None, None, 0)
+        x, y = augmenter(train_x[idx], gen), train_y[idx]
+        target = None if teach is None else _consistent_target(teach, x, y, None, cfg.teacher_weight)
+        _optimisation_step(cfg, rt, probe, probe, opt, scaler, avg, x, y, target, None, 0)
 
     for _ in range(BUDGET_WARMUP_STEPS):
         step()
@@ -989,14 +1006,24 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         if splits.train.soft is None:
             raise FerkitError("soft FER+ targets were asked for but the data loader returned none")
         train_soft = torch.from_numpy(np.asarray(splits.train.soft, np.float32)).to(data_device)
+    teach = None  # consistent teaching: the teachers' probabilities on each augmented batch
     if cfg.teacher:
-        from .distill import distill_targets
+        from .distill import ConsistentTeacher, distill_targets
 
+        # also when consistent: checks each teacher's training data and records them (and their
+        # accuracy on the clean Training images)
         soft, splits.info["teacher"] = distill_targets(
             cfg.teacher, splits.train.images, splits.train.labels, labels, splits.info, cfg.teacher_weight,
             base=None if train_soft is None else train_soft.cpu().numpy(), threads=rt.threads,
             temperature=cfg.teacher_temperature)
-        train_soft = torch.from_numpy(soft).to(data_device)
+        splits.info["teacher"]["mode"] = cfg.teacher_mode
+        if cfg.teacher_mode == "consistent":
+            splits.info["teacher"]["rule"] += ("; consistent teaching: the teachers' probabilities are computed on "
+                                               "each augmented batch the student trains on")
+            teach = ConsistentTeacher(cfg.teacher, labels, spec, label_set=splits.info.get("label_set"),
+                                      temperature=cfg.teacher_temperature, threads=rt.threads)
+        else:
+            train_soft = torch.from_numpy(soft).to(data_device)
         if resume_ckpt is not None and (resume_ckpt["data"].get("teacher") or {}).get("sha256") != \
                 splits.info["teacher"]["sha256"]:
             raise FerkitError(f"{cfg.teacher} is not the teacher this run was trained with (sha256 differs); "
@@ -1005,7 +1032,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             t = splits.info["teacher"]
             print(f"distillation: teacher {t['teacher']} ({t['arch']}, tta {t['tta']}, {100 * t['teacher_train_acc']:.2f}% "
                   f"on the Training images), weight {t['weight']:g}"
-                  + (f", temperature {t['temperature']:g}" if t["temperature"] != 1 else ""), file=sys.stderr)
+                  + (f", temperature {t['temperature']:g}" if t["temperature"] != 1 else "")
+                  + (", consistent teaching (teachers on every augmented batch)" if teach is not None else ""),
+                  file=sys.stderr)
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
     caps = _sample_caps(cfg, labels)
@@ -1033,7 +1062,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     budget_info = None
     if cfg.time_budget and resume_ckpt is None:
         # the schedule needs the total step count up front, so the epochs are decided here, once
-        probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, val_y, batch, steps_per_epoch)
+        probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, val_y, batch, steps_per_epoch,
+                               teach)
         epochs = budget_epochs(cfg.time_budget, probe["epoch_s"])
         if epochs < 1 or epochs <= cfg.warmup_epochs:
             raise FerkitError(
@@ -1146,6 +1176,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             if mixing:
                 target = target if target is not None else F.one_hot(y, num_classes).to(x.dtype)
                 x, target = mix_batch(x, target, gen, aug.mixup, aug.cutmix)
+            if teach is not None:  # the teachers see exactly what the student sees, mixing included
+                target = _consistent_target(teach, x, y, target, cfg.teacher_weight)
             # forward (mixed precision), loss in float32, backward, step
             logits, loss = _optimisation_step(cfg, rt, train_model, model, optimizer, scaler, ema, x, y, target,
                                               weight, epoch * steps_per_epoch + i)

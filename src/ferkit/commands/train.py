@@ -107,6 +107,10 @@ def register(subparsers) -> None:
     g.add_argument("--teacher-temperature", type=float, metavar="T",
                    help="soften (T > 1) or sharpen (T < 1) each teacher's probabilities before they join the "
                         "target: p ** (1/T), renormalised, as dividing its logits by T (default 1: unchanged)")
+    g.add_argument("--teacher-mode", choices=["fixed", "consistent"],
+                   help="fixed: the teachers see each clean Training image once, before training (default); "
+                        "consistent: they see every augmented batch the student trains on (consistent teaching, "
+                        "Beyer et al. 2022; each epoch costs the teachers' inference on the Training split)")
     g.add_argument("--clean", metavar="RULE[,RULE]", help="cleaning rules, e.g. blank,histogram,duplicates")
     g.add_argument("--obfuscate", metavar="METHOD-STRENGTH",
                    help="train and select on obfuscated faces (privacy experiment), e.g. pixelate-8, blur-2, fill")
@@ -164,7 +168,7 @@ _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cut
               "gamma", "sharpness", "noise")
 _PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "stop_by", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
-          "teacher", "teacher_weight", "teacher_temperature", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
+          "teacher", "teacher_weight", "teacher_temperature", "teacher_mode", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
           "class_weights", "sampling", "device", "precision", "channels_last", "threads", "compile", "progress")
 
