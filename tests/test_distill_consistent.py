@@ -39,6 +39,15 @@ def test_on_clean_images_the_consistent_teacher_gives_the_fixed_targets(tiny_fer
     got = teach(torch.from_numpy(prepare_faces(tr.images, other))).numpy()
     one, _ = distill_targets(teacher_onnx, tr.images, tr.labels, splits.labels, splits.info, 1.0)
     np.testing.assert_allclose(got, one, atol=1e-4)
+    # a calibrated teacher (a temperature in its metadata, as the bundled models have) is used as calibrated
+    cal = teacher_onnx.parent / "calibrated.onnx"
+    assert cli_main(["export", str(teacher_onnx), "--calibrate", "--data", str(tiny_fer_csv), "--out", str(cal)]) == 0
+    from ferkit.runtime import EmotionClassifier
+    assert EmotionClassifier(cal).temperature != 1
+    fixed, _ = distill_targets(cal, tr.images, tr.labels, splits.labels, splits.info, 1.0)
+    got = ConsistentTeacher(cal, splits.labels, PreprocessSpec())(torch.from_numpy(prepare_faces(tr.images, PreprocessSpec())))
+    np.testing.assert_allclose(got.numpy(), fixed, atol=1e-5)
+    assert not np.allclose(fixed, one, atol=1e-3)
     # an augmented view gets the teacher's answer on that view, not on the clean image
     flipped = torch.from_numpy(prepare_faces(tr.images, PreprocessSpec())).flip(-1)
     assert not np.allclose(ConsistentTeacher(teacher_onnx, splits.labels, PreprocessSpec())(flipped).numpy(), one,
