@@ -239,3 +239,14 @@ def test_runtime_never_imports_torch(linear_model):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "NO-TORCH"
+
+
+def test_predict_proba_prepared_takes_the_same_steps_as_predict_proba():
+    faces = np.random.default_rng(5).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    for clf in (EmotionClassifier(), EmotionClassifier(tta="flip"), EmotionClassifier(temperature=1.0)):
+        # the default model carries a calibration temperature; flip TTA averages two views
+        got = clf.predict_proba_prepared(prepare_faces(faces, clf.spec))
+        np.testing.assert_allclose(got, clf.predict_proba(faces), atol=1e-6)
+    assert EmotionClassifier().temperature != 1.0
+    assert not np.allclose(EmotionClassifier().predict_proba_prepared(prepare_faces(faces, clf.spec)),
+                           EmotionClassifier(temperature=1.0).predict_proba(faces), atol=1e-4)

@@ -203,17 +203,10 @@ class ConsistentTeacher:
     def __call__(self, x):
         import torch
 
-        from .metrics import scale_temperature, softmax
-        from .tta import predict_proba_tta
-
         xs = x.detach().float().cpu().numpy()
         out = []
         for clf, cols, scale, shift in self._parts:
             xt = xs if (scale, shift) == (1, 0) else xs * scale + shift
-            raw = (softmax(np.asarray(clf.forward(xt), np.float32)) if clf.tta == "none"
-                   else predict_proba_tta(clf.forward, xt, clf.tta))
-            if clf.temperature != 1:
-                raw = scale_temperature(raw, clf.temperature)
-            out.append(_student_columns(raw, cols, self.temperature)[0])
+            out.append(_student_columns(clf.predict_proba_prepared(xt), cols, self.temperature)[0])
         probs = np.mean(out, axis=0) if len(out) > 1 else out[0]
         return torch.from_numpy(np.ascontiguousarray(probs, np.float32)).to(x.device)

@@ -305,6 +305,16 @@ class EmotionClassifier:
                                    temperature=self.temperature)
         return probs
 
+    def predict_proba_prepared(self, x: np.ndarray) -> np.ndarray:
+        """An already preprocessed batch (float32 (N, 1, S, S), this model's normalisation) -> float32 (N, C)
+        probabilities: the same steps as :meth:`predict_proba` after preprocessing (softmax, averaged over this
+        classifier's TTA views, then its temperature). For callers that prepare or augment faces themselves
+        (consistent distillation, :class:`ferkit.distill.ConsistentTeacher`)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        probs = (softmax(np.asarray(self.forward(x), np.float32)) if self.tta == "none"
+                 else predict_proba_tta(self.forward, x, self.tta))
+        return scale_temperature(probs, self.temperature) if self.temperature != 1.0 else probs
+
     def predict_logits(self, faces) -> np.ndarray:
         """Face crops -> float32 (N, C) logits (no TTA, no softmax), divided by ``self.temperature``."""
         faces = check_faces(faces)
