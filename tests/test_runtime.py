@@ -247,6 +247,7 @@ def test_predict_proba_prepared_takes_the_same_steps_as_predict_proba():
         # the default model carries a calibration temperature; flip TTA averages two views
         got = clf.predict_proba_prepared(prepare_faces(faces, clf.spec))
         np.testing.assert_allclose(got, clf.predict_proba(faces), atol=1e-6)
-    assert EmotionClassifier().temperature != 1.0
-    assert not np.allclose(EmotionClassifier().predict_proba_prepared(prepare_faces(faces, clf.spec)),
+    calibrated = EmotionClassifier()
+    assert calibrated.temperature != 1.0
+    assert not np.allclose(calibrated.predict_proba_prepared(prepare_faces(faces, calibrated.spec)),
                            EmotionClassifier(temperature=1.0).predict_proba(faces), atol=1e-4)
