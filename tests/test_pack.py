@@ -181,38 +181,120 @@ def test_cli_pack_then_train_evaluate_and_resume_across_csv_and_pack(csv_pair, t
     assert "a pack of Training, PublicTest only" in capsys.readouterr().err
 
 
-def test_device_script_trains_from_a_pack_and_leaves_pieces_that_join_back(csv_pair, tmp_path):
-    """scripts/device_train.sh, as a GPU session would run it, here on the CPU with the tiny network."""
+def _device_script_env(tmp_path, pack, run, **extra):
+    """Environment for scripts/device_train.sh here: its python with the test network registered (as in
+    test_train's RUNNER), its pack, run name and $OUT."""
     import os
-    import subprocess
     import sys
-    import tarfile
     from pathlib import Path
 
-    csv, fp = csv_pair
-    P.write_pack(csv, tmp_path / "p.npz", ferplus=fp, splits=["Training", "PublicTest"])
-    script = Path(__file__).resolve().parents[1] / "scripts" / "device_train.sh"
-    runner = tmp_path / "py.sh"  # the script's python, with the test network registered (as in test_train's RUNNER)
+    runner = tmp_path / "py.sh"
     runner.write_text("#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = ferkit.cli ]; then shift 2; exec "
                       f"\"{sys.executable}\" -c 'import sys; sys.path.insert(0, \"{Path(__file__).parent}\"); "
                       "import test_train; from ferkit.cli import main; sys.exit(main(sys.argv[1:]))' \"$@\"; fi\n"
                       f"exec \"{sys.executable}\" \"$@\"\n")
     runner.chmod(0o755)
-    env = {**os.environ, "PACK": str(tmp_path / "p.npz"), "RUN": "r", "OUT": str(tmp_path / "out"), "KEEP_LAST": "1",
-           "PYTHON": str(runner)}
-    r = subprocess.run(["bash", str(script), *FAST, "--epochs", "2", "--ferplus", str(tmp_path / "p.npz"),
-                        "--ferplus-mode", "blend"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return {**os.environ, "PACK": str(pack), "RUN": run, "OUT": str(tmp_path / "out"), "PYTHON": str(runner),
+            **{k: str(v) for k, v in extra.items()}}
+
+
+def _device_script(tmp_path, env, *args, timeout=600):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device_train.sh"
+    return subprocess.run(["bash", str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_device_script_trains_from_a_pack_and_leaves_pieces_that_join_back(csv_pair, tmp_path):
+    """scripts/device_train.sh, as a GPU session would run it, here on the CPU with the tiny network."""
+    import tarfile
+
+    csv, fp = csv_pair
+    P.write_pack(csv, tmp_path / "p.npz", ferplus=fp, splits=["Training", "PublicTest"])
+    env = _device_script_env(tmp_path, tmp_path / "p.npz", "r", KEEP_LAST=1)
+    r = _device_script(tmp_path, env, *FAST, "--epochs", "2", "--ferplus", str(tmp_path / "p.npz"),
+                       "--ferplus-mode", "blend")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     out = tmp_path / "out"
     with tarfile.open(out / "r.tgz") as tf:
         names = set(tf.getnames())
-        scores = json.load(tf.extractfile("r/publictest.json"))
+        scores = json.load(tf.extractfile("r/scores/PublicTest.none.json"))
     assert scores["split"] == "PublicTest" and scores["n"] == 20 and 0 <= scores["accuracy"] <= 1
-    assert {"r/config.json", "r/metrics.csv", "r/train.log", "r/publictest.json"} <= names
-    assert not any(n.endswith(".pt") for n in names)
+    assert {"r/config.json", "r/metrics.csv", "r/train.log"} <= names
+    assert not any(n.endswith(".pt") or "PrivateTest" in n for n in names)  # SCORE_TEST not asked for
     for ck in ("best", "last"):
         joined = b"".join(p.read_bytes() for p in sorted(out.glob(f"r.{ck}.pt.part*")))
         assert joined == (tmp_path / "runs" / "r" / f"{ck}.pt").read_bytes()
     # a second run under the same name is refused before anything is trained
-    r = subprocess.run(["bash", str(script), *FAST], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    r = _device_script(tmp_path, env, *FAST, timeout=60)
     assert r.returncode == 2 and "exists" in r.stderr
+
+
+def test_device_script_scores_the_test_split_returns_half_weights_and_fetches_what_did_not_fit(csv_pair, tmp_path,
+                                                                                               capsys):
+    """SCORE_TEST=1 scores both splits with each TTA; WEIGHTS=half returns best.pt with float16 weights that
+    ferkit evaluates as they are; pieces over one call's limits wait on the machine for --fetch."""
+    import shutil
+    import tarfile
+
+    import torch
+
+    csv, fp = csv_pair
+    pack = tmp_path / "p.npz"
+    P.write_pack(csv, pack, ferplus=fp)  # all three splits
+    env = _device_script_env(tmp_path, pack, "h", WEIGHTS="half", SCORE_TEST=1, PIECE_BYTES=4096,
+                             OUT_MAX_FILES=4, OUT_MAX_BYTES=1 << 20)
+    r = _device_script(tmp_path, env, *FAST, "--epochs", "2")
+    assert r.returncode == 3, r.stdout[-2000:] + r.stderr[-2000:]  # more pieces than 4 files
+    assert "--fetch" in r.stderr
+    out = tmp_path / "out"
+    with tarfile.open(out / "h.tgz") as tf:
+        scores = {n: json.load(tf.extractfile(n)) for n in tf.getnames() if n.startswith("h/scores/")}
+    assert sorted(scores) == [f"h/scores/{s}.{t}.json" for s in ("PrivateTest", "PublicTest")
+                              for t in ("flip", "none", "tencrop")]
+    assert all(v["split"] == n.split("/")[-1].split(".")[0] and v["n"] == 20 for n, v in scores.items())
+    assert {v["tta"] for v in scores.values()} == {"none", "flip", "tencrop"}
+    got = sorted(out.glob("h.best.pt.part*"))
+    assert len(got) == 3 and len(list(out.iterdir())) == 4  # the tgz and 3 pieces: 4 files
+    pieces = [p.read_bytes() for p in got]
+    # the next calls (a fresh $OUT each) bring the rest, in order, until none is left
+    calls = 0
+    while True:
+        shutil.rmtree(out)
+        r = _device_script(tmp_path, env, "--fetch", timeout=60)
+        calls += 1
+        more = sorted(out.glob("h.best.pt.part*"))
+        assert 1 <= len(more) <= 4 and all(p.name > got[-1].name for p in more)
+        got += more
+        pieces += [p.read_bytes() for p in more]
+        if r.returncode == 0:
+            break
+        assert r.returncode == 3 and calls < 50
+    assert "all pieces of h are out" in r.stdout
+    joined = tmp_path / "h_best.pt"
+    joined.write_bytes(b"".join(pieces))
+    half, full = (torch.load(p, map_location="cpu", weights_only=False)
+                  for p in (joined, tmp_path / "runs" / "h" / "best.pt"))
+    assert half["model"].keys() == full["model"].keys()
+    for k, v in full["model"].items():  # float weights rounded to float16, the rest (counters) as they were
+        assert torch.equal(half["model"][k], v.half() if torch.is_floating_point(v) else v), k
+        assert half["model"][k].dtype == (torch.float16 if torch.is_floating_point(v) else v.dtype), k
+    assert half["epoch"] == full["epoch"] and half["labels"] == full["labels"]
+    # the half checkpoint is a model ferkit evaluates as it is, to within float16 rounding
+    capsys.readouterr()
+    assert cli_main(["evaluate", str(joined), "--data", str(pack), "--split", "PublicTest", "--tta", "none",
+                     "--json"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["accuracy"]
+               - scores["h/scores/PublicTest.none.json"]["accuracy"]) <= 0.1
+    # nothing left: a further --fetch says so; an unknown run is refused
+    shutil.rmtree(out)
+    r = _device_script(tmp_path, env, "--fetch", timeout=60)
+    assert r.returncode == 0 and "all pieces of h are out" in r.stdout and not list(out.glob("*.part*"))
+    r = _device_script(tmp_path, {**env, "RUN": "nope"}, "--fetch", timeout=60)
+    assert r.returncode == 2 and "no pieces of nope" in r.stderr
+    # bad settings are refused before anything runs
+    for bad in ({"WEIGHTS": "int4"}, {"PIECE_BYTES": str(2 << 20)}, {"OUT_MAX_FILES": "1"}):
+        r = _device_script(tmp_path, {**env, "RUN": "x", **bad}, *FAST, timeout=60)
+        assert r.returncode == 2 and not (tmp_path / "runs" / "x").exists(), bad
