@@ -259,14 +259,16 @@ def test_device_script_scores_the_test_split_returns_half_weights_and_fetches_wh
     got = sorted(out.glob("h.best.pt.part*"))
     assert len(got) == 3 and len(list(out.iterdir())) == 4  # the tgz and 3 pieces: 4 files
     pieces = [p.read_bytes() for p in got]
-    # the next calls (a fresh $OUT each) bring the rest, in order, until none is left
-    calls = 0
+    # the next calls (a fresh $OUT each) bring the rest, in order, until none is left; here the bytes bind:
+    # two 4,096-byte pieces fit in 10,000, a third does not
+    calls, fetch_env = 0, {**env, "OUT_MAX_FILES": "8", "OUT_MAX_BYTES": "10000"}
     while True:
         shutil.rmtree(out)
-        r = _device_script(tmp_path, env, "--fetch", timeout=60)
+        r = _device_script(tmp_path, fetch_env, "--fetch", timeout=60)
         calls += 1
         more = sorted(out.glob("h.best.pt.part*"))
-        assert 1 <= len(more) <= 4 and all(p.name > got[-1].name for p in more)
+        assert 1 <= len(more) <= 2 and sum(p.stat().st_size for p in more) <= 10000
+        assert all(p.name > got[-1].name for p in more)
         got += more
         pieces += [p.read_bytes() for p in more]
         if r.returncode == 0:
@@ -290,7 +292,7 @@ def test_device_script_scores_the_test_split_returns_half_weights_and_fetches_wh
                - scores["h/scores/PublicTest.none.json"]["accuracy"]) <= 0.1
     # nothing left: a further --fetch says so; an unknown run is refused
     shutil.rmtree(out)
-    r = _device_script(tmp_path, env, "--fetch", timeout=60)
+    r = _device_script(tmp_path, fetch_env, "--fetch", timeout=60)
     assert r.returncode == 0 and "all pieces of h are out" in r.stdout and not list(out.glob("*.part*"))
     r = _device_script(tmp_path, {**env, "RUN": "nope"}, "--fetch", timeout=60)
     assert r.returncode == 2 and "no pieces of nope" in r.stderr
