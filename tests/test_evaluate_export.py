@@ -219,6 +219,8 @@ def test_evaluate_checkpoint_metrics_are_correct(tiny_run):
     res = evaluate(run, csv, split="PrivateTest")
     assert EVAL_KEYS <= set(res)
     assert res["model_kind"] == "torch" and res["split"] == "PrivateTest" and res["tta"] == "none"
+    import torch
+    assert res["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # torch scores on a GPU when there is one
     # recompute independently from the torch model
     ckpt = load_checkpoint(run)
     model = build_model(ckpt)
@@ -247,7 +249,7 @@ def test_must_show_onnx_runtime_and_evaluate_agree(tiny_run):
     runtime_acc = float((probs.argmax(1) == test.labels).mean())
     res_onnx = evaluate(onnx_path, csv, split="PrivateTest")
     res_torch = evaluate(run, csv, split="PrivateTest")
-    assert res_onnx["model_kind"] == "onnx"
+    assert res_onnx["model_kind"] == "onnx" and res_onnx["device"] == "cpu"
     assert res_onnx["accuracy"] == runtime_acc == res_torch["accuracy"]
     assert res_onnx["confusion_matrix"] == res_torch["confusion_matrix"]
     assert res_onnx["loss"] == pytest.approx(res_torch["loss"], abs=1e-5)

@@ -41,6 +41,7 @@ class LoadedModel:
     arch: str | None
     data_info: dict
     temperature: float = 1.0  # applied to the averaged probabilities (an exported model's calibration)
+    device: str = "cpu"  # where forward runs: onnxruntime on the CPU; torch on a CUDA GPU when there is one
 
 
 def is_onnx_ref(model) -> bool:
@@ -89,18 +90,20 @@ def _load_torch(model, *, threads: int | None = None) -> LoadedModel:
     if threads:
         torch.set_num_threads(threads)
     ckpt = model if isinstance(model, dict) else load_checkpoint(model)
-    net = build_model(ckpt).float().eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # e.g. scoring on a lent GPU (scripts/device_train.sh)
+    net = build_model(ckpt).float().eval().to(device)
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float().numpy()
+            out = net(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device))
+            return out.float().cpu().numpy()
 
     return LoadedModel(
         forward=forward, labels=tuple(str(x) for x in ckpt["labels"]),
         spec=PreprocessSpec.from_dict(ckpt.get("preprocess")), label_set=ckpt.get("label_set"),
         default_tta=normalize_tta((ckpt.get("config") or {}).get("tta")), kind="torch",
         name=str(ckpt.get("path", model if not isinstance(model, dict) else "<checkpoint>")),
-        arch=ckpt.get("arch"), data_info=checkpoint_data_info(ckpt),
+        arch=ckpt.get("arch"), data_info=checkpoint_data_info(ckpt), device=device,
     )
 
 
@@ -179,7 +182,7 @@ def evaluate(
     Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,
     confusion_matrix (counts, rows = true class), confusion_matrix_normalized, true_counts, pred_counts,
     calibration (ECE, MCE, Brier, mean confidence, reliability bins: :func:`ferkit.metrics.calibration`),
-    labels, n, split, model, model_kind, arch, data, data_sha256, tta, temperature, seconds, faces_per_s.
+    labels, n, split, model, model_kind, device, arch, data, data_sha256, tta, temperature, seconds, faces_per_s.
     """
     lm = load_model(model, threads=threads, temperature=temperature)
     subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
@@ -204,6 +207,7 @@ def evaluate(
         "split": split,
         "model": lm.name,
         "model_kind": lm.kind,
+        "device": lm.device,
         "arch": lm.arch,
         "label_set": lm.label_set,
         **data_meta,
