@@ -8,7 +8,7 @@
 # installed), trains `ferkit train --data $PACK ... --out runs/$RUN`, scores best.pt, and writes to $OUT
 # (default: out/):
 #   $RUN.tgz               the run folder without checkpoints (config, metrics, curves, train.log, scores/)
-#   $RUN.best.pt.partNN    best.pt cut into pieces (cat them back in order); last.pt too with KEEP_LAST=1,
+#   $RUN.best.pt.partNNN   best.pt cut into pieces (cat them back in order); last.pt too with KEEP_LAST=1,
 #                          for a later --resume
 # Settings (environment):
 #   WEIGHTS=fp32|half|none how best.pt comes back: as saved; with its weights in float16 (half the size, a
@@ -17,9 +17,10 @@
 #   SCORE_TEST=1           also score PrivateTest (the pack must hold it) and both splits with flip and ten-crop
 #                          TTA. best.pt is chosen on PublicTest during training; the test split only reports it.
 #   OUT_MAX_FILES=8 OUT_MAX_BYTES=67108864 PIECE_BYTES=15728640
-#                          what one call may bring back (8 files, 64 MiB) and the size of a piece (15 MiB). Pieces that do not fit stay on the machine in
-#                          runs/$RUN.pieces/; the script then exits 3 and `--fetch` in the next call (within
-#                          the machine's warm time) brings the next ones.
+#                          what one call may bring back (8 files, 64 MiB) and the size of a piece (15 MiB).
+#                          Pieces that do not fit stay on the machine in runs/$RUN.pieces/; the script then
+#                          exits 3 and `--fetch` in the next call (within the machine's warm time) brings the
+#                          next ones.
 # Make the pack here first: ferkit data pack --data $D --ferplus $FP --splits Training PublicTest [PrivateTest]
 # --max-mb 38 --out packs/fer.npz (see docs/gpu.md for moving its parts in separate calls).
 set -euo pipefail
