@@ -149,6 +149,15 @@ class Scorer:
         return (f"{100 * (a0 - a1):+.1f} [{100 * qa[0]:+.1f}, {100 * qa[1]:+.1f}] / "
                 f"{100 * (f0 - f1):+.1f} [{100 * qf[0]:+.1f}, {100 * qf[1]:+.1f}]")
 
+    def confusion(self, pred) -> tuple[np.ndarray, np.ndarray]:
+        """Counts of (true class, predicted class) over the photos with a label the model can give, and per
+        true class the photos where no face was found (pred -1). Rows and columns in the model's label order."""
+        keep = self.y >= 0
+        y, p = self.y[keep], pred[keep]
+        found = p >= 0
+        cm = confusion_matrix(y[found], p[found], len(self.labels))
+        return cm, np.bincount(y[~found], minlength=len(self.labels))
+
     def per_class(self, pred):
         keep = (self.y >= 0) & (pred >= 0)
         cm = confusion_matrix(self.y[keep], pred[keep], len(self.labels))
@@ -334,6 +343,12 @@ def main(argv=None) -> int:
     if first is not None:
         table(["class", "precision", "recall", "F1", "support"], sc.per_class(default_preds[first]),
               f"Per class, {first} pipeline (photos with a face)")
+        cm, no_face = sc.confusion(default_preds[first])
+        table(["true \\ predicted", *clf.labels, "no face"],
+              [(name, *map(int, cm[i]), int(no_face[i])) for i, name in enumerate(clf.labels) if i in sc.present],
+              f"Confusion, {first} pipeline (rows: the photos' labels; classes faces-dev has no photo of left out)")
+        results["confusion"] = {"detector": first, "labels": list(clf.labels), "matrix": cm.tolist(),
+                                "no_face": no_face.tolist()}
 
     if args.sweep_align:
         rows = []

@@ -70,3 +70,17 @@ def test_tta_option_reaches_the_classifier(bench, tmp_path, capsys):
     assert "tta=tencrop" in runs["tencrop"]
     with pytest.raises(SystemExit):
         bench.main(["--data", str(tmp_path), "--tta", "sideways"])
+
+
+def test_confusion_counts_each_photo_once_and_keeps_the_photos_without_a_face_apart(bench):
+    sc = bench.Scorer(SimpleNamespace(labels=EMOTIONS, label_set="fer7"), Y_FER7)
+    # angry->angry, disgust->neutral, happy->no face, sad->sad, surprise->angry, neutral->neutral, neutral->happy
+    cm, no_face = sc.confusion(np.array([0, 6, -1, 4, 0, 6, 3]))
+    assert cm.sum() + no_face.sum() == len(Y_FER7)
+    assert cm[0, 0] == 1 and cm[1, 6] == 1 and cm[4, 4] == 1 and cm[5, 0] == 1 and cm[6, 6] == 1 and cm[6, 3] == 1
+    assert cm[3].sum() == 0 and no_face.tolist() == [0, 0, 0, 1, 0, 0, 0]
+    # a fer6 model: disgust's photo is an angry row
+    labels = ("angry", "fear", "happy", "sad", "surprise", "neutral")
+    sc6 = bench.Scorer(SimpleNamespace(labels=labels, label_set="fer6"), Y_FER7)
+    cm6, _ = sc6.confusion(np.array([0, 0, 2, 3, 4, 5, 5]))
+    assert cm6[0, 0] == 2 and np.trace(cm6) == 7
