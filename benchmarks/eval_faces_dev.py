@@ -11,6 +11,7 @@ detector's hit rate, and a photo with more than one detection has at least one f
     python benchmarks/eval_faces_dev.py --sweep-preprocess "equalize=0,1;gamma=1,1.5;blur_sigma=0,0.6"
     python benchmarks/eval_faces_dev.py --sweep-confidence 0.3,0.5,0.7
     python benchmarks/eval_faces_dev.py --framing            # where each detector's box sits in FER2013 faces
+    python benchmarks/eval_faces_dev.py --multi-crop 1.0,1.12,1.25   # mean of several crop scales vs one crop
 
 Emotion metrics: accuracy and macro-F1 over the classes present in faces-dev (fear has no photo, so it
 is left out of the macro average; a predicted "fear" still counts as an error). "all photos" counts a
@@ -189,6 +190,37 @@ def predict_crops(clf, images, dets, crop: CropSpec, spec=None):
     return pred
 
 
+def multi_crop_probs(clf, images, dets, base: CropSpec, scales):
+    """(indices of the images with a detection, mean probabilities over crops at each scale of ``scales``;
+    shift and alignment as in ``base``)."""
+    idx, total = None, None
+    for s in scales:
+        idx, p = crop_probs(clf, images, dets, base.with_(scale=float(s)))
+        total = p.astype(np.float64) if total is None else total + p
+    return idx, total / len(scales)
+
+
+def fer2013_pipeline(clf, fer_path: Path, split: str, detector: str, base: CropSpec, scales):
+    """Each 48x48 FER2013 face of ``split`` run through the photo pipeline (detection on the face as an
+    image, then the crop): accuracy with the single default crop and with the mean over ``scales``.
+    A face not found counts as wrong."""
+    from ferkit.data.fer2013 import load_fer2013
+
+    fer = load_fer2013(fer_path)
+    idx = fer.split(split)
+    images = [fer.images[i] for i in idx]
+    y = fer.labels[idx]
+    det = get_detector(detector)
+    dets = [(lambda d: d[0] if d else None)(detect_faces(im, det)) for im in images]
+    out = {"n": len(images), "found": float(np.mean([d is not None for d in dets]))}
+    for key, scs in (("single", [base.scale]), ("multi", list(scales))):
+        found, probs = multi_crop_probs(clf, images, dets, base, scs)
+        pred = np.full(len(images), -1, np.int64)
+        pred[found] = probs.argmax(1)
+        out[key] = float((pred == y).mean())
+    return out
+
+
 def parse_grid(text: str, types: dict) -> list[dict]:
     """'a=1,2;b=x,y' -> the list of dicts of the cartesian product (values cast by ``types``)."""
     keys, values = [], []
@@ -264,6 +296,10 @@ def main(argv=None) -> int:
     ap.add_argument("--framing", action="store_true", help="estimate FER2013 framing per detector (needs FER2013)")
     ap.add_argument("--fer2013", default=None, help="fer2013.csv(.gz) for --framing")
     ap.add_argument("--framing-n", type=int, default=2000)
+    ap.add_argument("--multi-crop", default=None, metavar="SCALES",
+                    help="e.g. 1.0,1.12,1.25: the mean of the crops at these scales against the default single crop "
+                         "(first detector; paired bootstrap CI), and the same on FER2013 PublicTest run through "
+                         "the pipeline when FER2013 is found")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -381,6 +417,33 @@ def main(argv=None) -> int:
             table(["scale", "shift_x", "shift_y", "align", "n", "accuracy", "macro-F1",
                    "vs default: d acc [95% CI] / d macro-F1 [95% CI] (points)"], rows,
                   f"Crop sweep, {name} (photos with a face; best macro-F1 first)")
+
+    if args.multi_crop and dets:
+        scales = [float(v) for v in args.multi_crop.split(",") if v.strip()]
+        name = next(iter(dets))
+        base = getattr(get_detector(name), "default_crop", CropSpec())
+        ref = default_preds[name]
+        found, probs = multi_crop_probs(clf, images, dets[name], base, scales)
+        pred = np.full(len(images), -1, np.int64)
+        pred[found] = probs.argmax(1)
+        a_all, f_all, n_all = sc.score(pred)
+        a_ref, f_ref, _ = sc.score(ref)
+        rows = [(f"single crop {base.scale:g}", n_all, a_ref, f_ref, "-"),
+                (f"mean of crops {'/'.join(f'{v:g}' for v in scales)}", n_all, a_all, f_all,
+                 sc.delta(pred, ref, n_boot=2000))]
+        mc = {"detector": name, "scales": scales, "accuracy_all": a_all, "macro_f1_all": f_all,
+              "single_accuracy_all": a_ref, "single_macro_f1_all": f_ref}
+        fer = data_dir(None).parent / "fer2013" / "fer2013.csv.gz"
+        if fer.is_file() and tuple(clf.labels) == EMOTIONS:  # FER2013's ids are this label order
+            r = fer2013_pipeline(clf, fer, "PublicTest", name, base, scales)
+            mc["fer2013_publictest_pipeline"] = r
+            rows.append((f"FER2013 PublicTest through the pipeline (found {r['found']:.4f}): single / mean",
+                         r["n"], r["single"], r["multi"], f"{100 * (r['multi'] - r['single']):+.2f}"))
+        results["multi_crop"] = mc
+        table(["pipeline", "n", "accuracy (all)", "macro-F1 (all)",
+               "vs single: d acc [95% CI] / d macro-F1 [95% CI] (points)"], rows,
+              f"Multi-crop averaging, {name} (shift {base.shift_y:+g}{', aligned' if base.align else ''}; "
+              f"a photo without a face counts as wrong; FER2013 row: accuracy single / mean, d acc)")
 
     if args.sweep_preprocess:
         grid = parse_grid(args.sweep_preprocess, {"equalize": _bool, "gamma": float, "blur_sigma": float})

@@ -84,3 +84,32 @@ def test_confusion_counts_each_photo_once_and_keeps_the_photos_without_a_face_ap
     sc6 = bench.Scorer(SimpleNamespace(labels=labels, label_set="fer6"), Y_FER7)
     cm6, _ = sc6.confusion(np.array([0, 0, 2, 3, 4, 5, 5]))
     assert cm6[0, 0] == 2 and np.trace(cm6) == 7
+
+
+def test_multi_crop_averages_the_crops_of_each_scale(bench):
+    """--multi-crop: the mean of the classifier's probabilities over the crops at each scale (shift and
+    alignment kept from the base crop); photos without a detection are left out."""
+    from ferkit.faces import Detection
+    from ferkit.faces.align import CropSpec
+
+    seen = []
+
+    class Clf:  # probability of class 0 = mean brightness of the crop's centre, so each scale gives its own value
+        labels, spec = ("a", "b"), None
+
+        def predict_proba(self, crops):
+            seen.append([c.shape for c in crops])
+            p = np.array([c[c.shape[0] // 2 - 2:c.shape[0] // 2 + 2].mean() / 255.0 for c in crops])
+            return np.stack([p, 1 - p], 1).astype(np.float32)
+
+    yy, xx = np.mgrid[0:100, 0:100]
+    img = ((xx + yy) * 255 / 198).astype(np.uint8)
+    dets = [Detection(box=(30.0, 20.0, 40.0, 50.0), score=0.9), None]
+    base = CropSpec(scale=1.12, shift_y=-0.01)
+    idx, probs = bench.multi_crop_probs(Clf(), [img, img], dets, base, [1.0, 1.12, 1.25])
+    assert idx == [0] and probs.shape == (1, 2)
+    single = [bench.crop_probs(Clf(), [img], dets[:1], base.with_(scale=s))[1][0] for s in (1.0, 1.12, 1.25)]
+    assert np.allclose(probs[0], np.mean(single, axis=0))
+    assert len({round(float(p[0]), 6) for p in single}) == 3  # three different crops, not one three times
+    one = bench.multi_crop_probs(Clf(), [img], dets[:1], base, [1.12])[1]
+    assert np.allclose(one, bench.crop_probs(Clf(), [img], dets[:1], base)[1])
