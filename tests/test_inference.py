@@ -532,3 +532,40 @@ print("ok", rc)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("ok 0")
+
+
+# ----------------------------------------------------------------------- detector "none": face crops
+def test_detector_none_takes_the_whole_image_as_the_face(model_path):
+    """--detector none: for images that are face crops already, each image is one face, classified exactly
+    as the classifier classifies that crop (no detection, no rescaling of the box, no alignment)."""
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    (d,) = detect_faces(crops[0], "none")
+    assert d.box == (0, 0, 48, 48) and d.score == 1.0 and d.landmarks is None
+    assert detect_faces(crops[0], "none", min_size=49) == []  # the image is smaller than asked for
+    wide = rng.integers(0, 256, (40, 3000), dtype=np.uint8)  # not downscaled: the box is the image
+    assert [x.box for x in detect_faces(wide, "none", max_side=800)] == [(0, 0, 3000, 40)]
+    clf = ferkit.EmotionClassifier(str(model_path))
+    expect = clf.predict_proba(crops)
+    a = pipeline.Analyzer(str(model_path), detector="none")
+    assert a.crop == CropSpec(scale=1.0, align=False)
+    for crop, p in zip(crops, expect):
+        (r,) = a.analyze(crop)
+        assert r.box == (0, 0, 48, 48)
+        assert np.allclose([r.probabilities[k] for k in a.labels], p, atol=1e-6)
+        (b,) = a.analyze(cv2.cvtColor(cv2.resize(crop, (96, 96), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2BGR))
+        assert b.box == (0, 0, 96, 96)  # a larger colour crop of the same face: the same box, scaled
+
+
+def test_predict_cli_with_detector_none(tmp_path, capsys, model_path):
+    rng = np.random.default_rng(4)
+    d = tmp_path / "crops"
+    d.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(d / f"c{i}.png"), rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    (d / "notes.txt").write_text("not an image")
+    rc = cli_main(["predict", str(d), "--model", str(model_path), "--detector", "none", "--json", "--quiet"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert rc == 0 and len(rows) == 3
+    assert all(r["box"] == [0, 0, 48, 48] for r in rows)
+    assert {Path(r["source"]).name for r in rows} == {"c0.png", "c1.png", "c2.png"}

@@ -114,7 +114,8 @@ class Analyzer:
 
     model:        None/'default' (the bundled model), a bundled name, an ``.onnx`` path, or a classifier
                   object with ``labels`` and ``predict_proba(list of gray crops) -> (N, C)``.
-    detector:     'auto' (YuNet when ``yuface`` is installed, else Haar), 'yunet', 'haar', or a detector object.
+    detector:     'auto' (YuNet when ``yuface`` is installed, else Haar), 'yunet', 'haar', 'none' (each image is
+                  one face: images that are face crops already), or a detector object.
     min_face:     ignore faces smaller than this many pixels (shorter box side, original image pixels).
     confidence:   detector confidence threshold 0..1 (None: the detector's default).
     largest_only: keep only the largest face of each image.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DETECTOR_CHOICES = ("auto", "yunet", "haar")
+DETECTOR_CHOICES = ("auto", "yunet", "haar", "none")
 
 
 MIN_DETECT_SIZE = 64  # a floor against slips: at 64 px the faces of a 640x480 frame are a few pixels wide
@@ -22,7 +22,8 @@ def add_analyzer_options(p: argparse.ArgumentParser, detect_size: int = 960) -> 
     p.add_argument("--model", default=None, help="an .onnx written by `ferkit export`, or a bundled model name "
                                                  "(default: the bundled model)")
     p.add_argument("--detector", default="auto", choices=DETECTOR_CHOICES,
-                   help="face detector: yunet (CNN, libfacedetection), haar (OpenCV cascade); auto = yunet if installed")
+                   help="face detector: yunet (CNN, libfacedetection), haar (OpenCV cascade); auto = yunet if installed; "
+                        "none = no detection, each image is one face (for images that are face crops already)")
     p.add_argument("--largest", action="store_true", help="only the largest face of each image/frame")
     p.add_argument("--min-face", type=int, default=0, metavar="N", help="ignore faces smaller than N pixels")
     p.add_argument("--confidence", type=float, default=None, metavar="C",

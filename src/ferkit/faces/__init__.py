@@ -102,6 +102,31 @@ class FaceDetector(Protocol):
         ...
 
 
+class WholeImage:
+    """The ``"none"`` detector: no detection, each image (or frame) is one face, for images that are face crops
+    already (FER2013-style datasets, aligned crops such as RAF-DB's). The face is the whole image, framed by
+    :attr:`default_crop` (a square of side sqrt(w h) on the image centre: the image itself when it is
+    square; a wider or taller image loses the middle of its longer edges' excess and gains replicated rows
+    or columns on the other side). Its score is 1.0 and it has no landmarks (so no eye alignment).
+    """
+
+    name = "none"
+    wants = "gray"
+    default_confidence = 0.0
+    default_pad = 0.0
+    whole_image = True
+
+    @property
+    def default_crop(self):
+        from .align import CropSpec
+
+        return CropSpec(scale=1.0, align=False)
+
+    def detect(self, image: np.ndarray, confidence: float) -> list[Detection]:
+        h, w = image.shape[:2]
+        return [Detection(box=(0, 0, int(w), int(h)), score=1.0)]
+
+
 def _make_yunet() -> FaceDetector:
     from .yunet import YuNetDetector
 
@@ -114,7 +139,7 @@ def _make_haar() -> FaceDetector:
     return HaarDetector()
 
 
-DETECTORS: dict[str, Callable[[], FaceDetector]] = {"yunet": _make_yunet, "haar": _make_haar}
+DETECTORS: dict[str, Callable[[], FaceDetector]] = {"yunet": _make_yunet, "haar": _make_haar, "none": WholeImage}
 _CACHE: dict[str, FaceDetector] = {}
 
 
@@ -146,7 +171,8 @@ def default_detector_name() -> str:
 
 
 def get_detector(name: str | FaceDetector = "auto") -> FaceDetector:
-    """A detector by name (``"auto"``, ``"yunet"``, ``"haar"``), built once per process; objects pass through."""
+    """A detector by name (``"auto"``, ``"yunet"``, ``"haar"``, ``"none"``: each image is one face), built once
+    per process; objects pass through."""
     if not isinstance(name, str):
         if not hasattr(name, "detect"):
             raise FerkitError(f"a detector must be a name or an object with .detect(image, confidence), got {name!r}")
@@ -207,7 +233,8 @@ def detect_faces(
     """Faces in ``image``, largest first.
 
     image:        uint8 (or uint16/float) array, gray (H, W) or BGR(A) (H, W, 3|4), OpenCV channel order.
-    detector:     ``"auto"``, ``"yunet"``, ``"haar"`` or a detector object (see :class:`FaceDetector`).
+    detector:     ``"auto"``, ``"yunet"``, ``"haar"``, ``"none"`` (the whole image is one face: see
+                  :class:`WholeImage`) or a detector object (see :class:`FaceDetector`).
     min_size:     drop faces whose box is smaller than this many pixels (min of w and h), in image pixels.
     confidence:   drop faces scoring below this (0..1); None uses the detector's default.
     largest_only: keep only the largest face (by box area).
@@ -229,6 +256,9 @@ def detect_faces(
         raise FerkitError(f"confidence must be between 0 and 1, got {confidence}")
     if min_size < 0:
         raise FerkitError(f"min_size must be >= 0 pixels, got {min_size}")
+    if getattr(det, "whole_image", False):  # the image is the face: no scaling, nothing to map back
+        h, w = image.shape[:2]
+        return [] if min(h, w) < max(1, min_size) else det.detect(image, confidence)
     if pad is None:
         pad = float(getattr(det, "default_pad", 0.0))
     wants = getattr(det, "wants", "bgr")
