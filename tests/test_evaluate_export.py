@@ -292,6 +292,33 @@ def test_evaluate_follows_the_models_split_method(tiny_run):
     assert evaluate(ckpt, csv, split="test", split_method="usage")["n"] == 42
 
 
+def test_evaluate_split_all_scores_other_data_whole_and_refuses_the_models_own(tiny_run, tmp_path, monkeypatch):
+    """--split all: every image of a data set the model was not trained on; a <root>/<class>/ folder (someone
+    else's labelled photos) is scored whole by default; on the model's own training data 'all' is refused,
+    since it contains the training images."""
+    import cv2
+
+    csv, run, onnx_path, _ = tiny_run
+    monkeypatch.setenv("FERKIT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FerkitError, match="trained on"):
+        evaluate(onnx_path, csv, split="all")
+    assert evaluate(onnx_path, csv)["split"] == "PrivateTest"  # the default on the model's own data
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    counts = {"happy": 12, "sad": 9, "neutral": 10}
+    for name, n in counts.items():
+        (folder / name).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(folder / name / f"{i}.png"), rng.integers(0, 256, (60, 60), dtype=np.uint8))
+    res = evaluate(onnx_path, str(folder))
+    assert res["split"] == "all" and res["n"] == sum(counts.values())
+    assert {lab: res["true_counts"][lab] for lab in counts} == counts
+    part = evaluate(onnx_path, str(folder), split="PrivateTest")  # the random 80/10/10 split's test part
+    assert part["split"] == "PrivateTest" and 0 < part["n"] < res["n"]
+    whole = prepare_splits(str(folder))
+    assert len(whole.get("all")) == res["n"] == len(whole.train) + len(whole.val) + len(whole.test)
+
+
 def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
     csv, run, onnx_path, _ = tiny_run
     res = evaluate(onnx_path, csv, split="PrivateTest")

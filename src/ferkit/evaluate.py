@@ -112,13 +112,14 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
     from .data import Splits, Subset, prepare_splits
 
     if isinstance(data, Subset):
-        return data, {"data": None, "data_sha256": None, "split_method": None}
+        return data, {"data": None, "data_sha256": None, "split_method": None, "split": split or "PrivateTest"}
     if isinstance(data, Splits):
+        split = split or "PrivateTest"
         if lm.label_set and data.label_set != lm.label_set:
             raise FerkitError(f"the splits use label set {data.label_set!r} but the model predicts {lm.label_set!r}")
         info = data.info
         return data.get(split), {"data": info.get("data"), "data_sha256": info.get("data_sha256"),
-                                 "split_method": info.get("split")}
+                                 "split_method": info.get("split"), "split": split}
     if not isinstance(data, (str, os.PathLike)):
         raise FerkitError(f"data must be a FER2013 CSV or image-folder path, Splits or Subset, got {type(data).__name__}")
     method = split_method or lm.data_info.get("split") or "usage"
@@ -136,7 +137,14 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         raise FerkitError(
             f"the model's labels {list(lm.labels)} differ from label set {label_set!r} {list(splits.labels)}"
         )
-    meta = {"data": str(data), "data_sha256": splits.info.get("data_sha256"), "split_method": method, "seed": seed}
+    sha = splits.info.get("data_sha256")
+    trained_on_it = bool(sha) and sha == lm.data_info.get("data_sha256")
+    if split is None:  # a folder of labelled photos without split folders is scored whole, unless it trained the model
+        split = "all" if splits.info.get("layout") == "flat" and not trained_on_it else "PrivateTest"
+    if split.lower() == "all" and trained_on_it:
+        raise FerkitError("split 'all' includes the images this model was trained on (it was trained on this very "
+                          f"data, sha256 {sha[:12]}...); score PrivateTest, the held-out test split, instead")
+    meta = {"data": str(data), "data_sha256": sha, "split_method": method, "seed": seed, "split": split}
     if splits.info.get("ferplus"):
         meta["ferplus"] = splits.info["ferplus"]
     if splits.info.get("cleaning"):
@@ -150,7 +158,7 @@ def evaluate(
     model,
     subset_or_data,
     *,
-    split: str = "PrivateTest",
+    split: str | None = None,
     tta=None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
@@ -168,8 +176,10 @@ def evaluate(
         EmotionClassifier (onnxruntime, no torch).
     subset_or_data: a FER2013 CSV or image-folder path (loaded with the model's label set), a ``Splits``
         or a ``Subset``.
-    split: Training / PublicTest / PrivateTest (or train / val / test). Model selection belongs on
-        PublicTest; PrivateTest is the final test.
+    split: Training / PublicTest / PrivateTest (or train / val / test), or ``all`` (every image; refused for
+        the data the model was trained on). Model selection belongs on PublicTest; PrivateTest is the final
+        test. None (default): PrivateTest, or ``all`` for a folder of labelled photos without split folders
+        that the model was not trained on (someone else's test set).
     tta: None = the model's default, else 'none' / 'flip' / 'tencrop' (True = 'tencrop').
     split_method, seed: how to split a CSV (default: what the model was trained with, else ``usage``).
     limit: first ``limit`` rows of each split (quick checks). Other keyword arguments go to ``prepare_splits``
@@ -186,6 +196,7 @@ def evaluate(
     """
     lm = load_model(model, threads=threads, temperature=temperature)
     subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
+    split = data_meta.pop("split")
     y = np.asarray(subset.labels, dtype=np.int64)
     if len(y) == 0:
         held = f" (a pack of {', '.join(data_meta['pack']['splits'])} only)" if data_meta.get("pack") else ""

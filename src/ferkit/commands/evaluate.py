@@ -12,9 +12,13 @@ def register(subparsers) -> None:
                     "The label set (and, by default, the split method) comes from the model.",
     )
     p.add_argument("model", help="run directory, checkpoint .pt, exported .onnx, or a bundled model name (default)")
-    p.add_argument("--data", required=True, help="FER2013 CSV (plain or .gz)")
-    p.add_argument("--split", default="PrivateTest",
-                   help="Training, PublicTest (validation) or PrivateTest (final test; default)")
+    p.add_argument("--data", required=True,
+                   help="FER2013 CSV (plain or .gz), a ferkit data pack, or a folder of labelled face images "
+                        "(<root>/<class>/*, or <root>/train|val|test/<class>/*)")
+    p.add_argument("--split", default=None,
+                   help="Training, PublicTest (validation), PrivateTest (final test; the default), or all: every "
+                        "image (the default for a <root>/<class>/ folder the model was not trained on; refused for "
+                        "the model's own training data)")
     p.add_argument("--split-method", choices=("usage", "random"), default=None,
                    help="how to split the CSV (default: what the model was trained with, else the Usage column)")
     p.add_argument("--seed", type=int, default=None, help="seed of a random split (default: the model's)")

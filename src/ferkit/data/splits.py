@@ -45,6 +45,13 @@ class Subset:
     def take(self, idx: np.ndarray) -> "Subset":
         return Subset(self.images[idx], self.labels[idx], self.rows[idx], None if self.soft is None else self.soft[idx])
 
+    @staticmethod
+    def concat(parts: "list[Subset]") -> "Subset":
+        """The subsets one after the other (soft targets kept only when every part has them)."""
+        soft = None if any(p.soft is None for p in parts) else np.concatenate([p.soft for p in parts])
+        return Subset(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
+                      np.concatenate([p.rows for p in parts]), soft)
+
 
 @dataclass
 class Splits:
@@ -56,11 +63,15 @@ class Splits:
     info: dict[str, Any] = field(default_factory=dict)
 
     def get(self, name: str) -> Subset:
-        """A split by FER2013 name (Training/PublicTest/PrivateTest) or role (train/val/test)."""
+        """A split by FER2013 name (Training/PublicTest/PrivateTest) or role (train/val/test), or ``all``: the
+        three together (every image of the data set, for a model that was not trained on it)."""
+        if name.lower() == "all":
+            return Subset.concat([self.train, self.val, self.test])
         key = {"training": "train", "publictest": "val", "privatetest": "test", "train": "train", "val": "val",
                "validation": "val", "test": "test"}.get(name.lower())
         if key is None:
-            raise FerkitError(f"unknown split {name!r}; use Training, PublicTest or PrivateTest (or train/val/test)")
+            raise FerkitError(f"unknown split {name!r}; use Training, PublicTest or PrivateTest (or train/val/test), "
+                              "or all")
         return getattr(self, key)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
