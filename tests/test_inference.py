@@ -555,6 +555,10 @@ def test_detector_none_takes_the_whole_image_as_the_face(model_path):
         assert np.allclose([r.probabilities[k] for k in a.labels], p, atol=1e-6)
         (b,) = a.analyze(cv2.cvtColor(cv2.resize(crop, (96, 96), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2BGR))
         assert b.box == (0, 0, 96, 96)  # a larger colour crop of the same face: the same box, scaled
+    tall = rng.integers(0, 256, (70, 50), dtype=np.uint8)  # not square: resized as it is, like a folder's crops
+    (t,) = a.analyze(tall)
+    assert t.box == (0, 0, 50, 70)
+    assert np.allclose([t.probabilities[k] for k in a.labels], clf.predict_proba([tall])[0], atol=1e-6)
 
 
 def test_predict_cli_with_detector_none(tmp_path, capsys, model_path):

@@ -172,7 +172,11 @@ class Analyzer:
                             largest_only=self.largest_only, max_side=self.max_side, pad=self.pad)
 
     def crops(self, image: np.ndarray, detections: Sequence[Detection]) -> list[np.ndarray]:
-        """Gray square face crops (FER2013 framing) for the detections, at the image's resolution."""
+        """Gray square face crops (FER2013 framing) for the detections, at the image's resolution; with the
+        ``none`` detector, the whole image (the classifier resizes it, the way a folder of face crops is read)."""
+        if getattr(self.detector, "whole_image", False):
+            gray = as_gray(image)
+            return [gray for _ in detections]
         return crop_faces(as_gray(image), detections, self.crop)
 
     def classify(self, image: np.ndarray, detections: Sequence[Detection]) -> list[FaceResult]:

@@ -104,10 +104,10 @@ class FaceDetector(Protocol):
 
 class WholeImage:
     """The ``"none"`` detector: no detection, each image (or frame) is one face, for images that are face crops
-    already (FER2013-style datasets, aligned crops such as RAF-DB's). The face is the whole image, framed by
-    :attr:`default_crop` (a square of side sqrt(w h) on the image centre: the image itself when it is
-    square; a wider or taller image loses the middle of its longer edges' excess and gains replicated rows
-    or columns on the other side). Its score is 1.0 and it has no landmarks (so no eye alignment).
+    already (FER2013-style datasets, aligned crops such as RAF-DB's). The face is the whole image: the
+    pipeline gives it to the classifier as it is (resized to the model's input, as ``ferkit evaluate`` reads
+    a folder of face crops), so :attr:`default_crop` (scale 1.0, no alignment) only describes it. Its score
+    is 1.0 and it has no landmarks.
     """
 
     name = "none"
