@@ -442,9 +442,17 @@ def _write_set(tmp_path):
 def test_predict_table_json_csv_save(tmp_path, capsys, use_square_detector, model_path):
     d = _write_set(tmp_path)
     rc = cli_main(["predict", str(d), "--model", str(model_path)])
-    out = capsys.readouterr().out
+    cap = capsys.readouterr()
+    out = cap.out
     assert rc == 0
     lines = [l for l in out.splitlines() if l.strip()]
+    emotions = [l.split()[-2] for l in lines[1:] if "(no face)" not in l]
+    tally = {e: emotions.count(e) for e in set(emotions)}
+    summary = cap.err.strip().splitlines()[-1]  # the closing line: counts per emotion, most frequent first
+    assert summary.startswith("ferkit: 3 image(s), 3 face(s) (") and summary.endswith(", 1 image(s) without a face")
+    listed = summary.split("face(s) (", 1)[1].split(")", 1)[0].split(", ")
+    assert {x.split()[0]: int(x.split()[1]) for x in listed} == tally
+    assert [int(x.split()[1]) for x in listed] == sorted(tally.values(), reverse=True)
     assert lines[0].split()[:2] == ["source", "face"]
     assert len(lines) == 1 + 1 + 1 + 2  # header, none.png (no face), one.jpg, two faces of two.png
     assert "(no face)" in out

@@ -149,7 +149,8 @@ def run(args) -> int:
     def short(name: str) -> str:
         return name if len(name) <= name_w else "..." + name[-(name_w - 3):]
 
-    n_images = n_faces = 0
+    n_images = n_faces = n_faceless = 0
+    tally: dict[str, int] = {}
     try:
         for src in exp.sources:
             if src.kind == "image":
@@ -162,6 +163,9 @@ def run(args) -> int:
                     continue
                 n_images += 1
                 n_faces += len(faces)
+                n_faceless += not faces
+                for f in faces:
+                    tally[f.emotion] = tally.get(f.emotion, 0) + 1
                 if args.json:
                     for f in faces:
                         out.write(json.dumps(f.to_dict(source=src.name)) + "\n")
@@ -191,8 +195,10 @@ def run(args) -> int:
         if csv_file is not None:
             csv_file.close()
     if not args.quiet and n_images:
-        print(f"ferkit: {n_images} image(s), {n_faces} face(s)" + (f", {failed} failed" if failed else ""),
-              file=sys.stderr)
+        counts = ", ".join(f"{lab} {tally[lab]}" for lab in sorted(tally, key=lambda k: (-tally[k], labels.index(k))))
+        print(f"ferkit: {n_images} image(s), {n_faces} face(s)" + (f" ({counts})" if counts else "")
+              + (f", {n_faceless} image(s) without a face" if n_faceless else "")
+              + (f", {failed} failed" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 
 
