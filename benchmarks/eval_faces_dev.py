@@ -18,6 +18,10 @@ is left out of the macro average; a predicted "fear" still counts as an error). 
 photo without a detected face as wrong; "found" scores only photos with a face. The baseline row feeds
 the whole photo to the classifier (faces-dev photos are roughly face crops already), no detector.
 Options: --model (default: the bundled model), --tta (default: the model's own), --limit N (first N photos, for a quick look), --json FILE.
+
+Any other labelled photos, end to end: ``--data DIR`` with ``DIR/<class>/*`` (or ``DIR/train|val|test/<class>/*``, all
+taken), class folder names as ``ferkit evaluate`` reads them; photos of a class the model lacks (contempt for a
+7-class model) are left out of the scores.
 """
 from __future__ import annotations
 
@@ -54,18 +58,28 @@ def data_dir(arg: str | None) -> Path:
 
 
 def load_faces_dev(root: Path, limit: int | None):
-    rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
+    """(images, labels, relative paths) of faces-dev (``labels.csv``: file, fer2013_label) or of any folder of
+    labelled photos in ferkit's class-folder layout (``<root>/<class>/*`` or ``<root>/train|val|test/<class>/*``,
+    every split taken; see :mod:`ferkit.data.folders`). Labels are FER2013 ids, 7 for contempt."""
+    if (root / "labels.csv").is_file():
+        rows = [(r["file"], int(r["fer2013_label"])) for r in csv.DictReader(open(root / "labels.csv", newline=""))]
+    else:
+        from ferkit.data.folders import scan_image_folder
+
+        _, items, folders, _ = scan_image_folder(root)
+        print(f"class folders: {', '.join(f'{k} -> {v}' for k, v in folders.items())}")
+        rows = [(rel, cid) for rel, cid, *_ in items]
     if limit:
         rows = rows[:limit]
     images, labels, names = [], [], []
-    for r in rows:
+    for name, label in rows:
         try:
-            images.append(read_image(root / r["file"]))
+            images.append(read_image(root / name))
         except FerkitError as e:
             print(f"skip: {e}", file=sys.stderr)
             continue
-        labels.append(int(r["fer2013_label"]))
-        names.append(r["file"])
+        labels.append(label)
+        names.append(name)
     return images, np.asarray(labels, np.int64), names
 
 
@@ -96,12 +110,15 @@ class Scorer:
         labels = list(clf.labels)
         self.labels = labels
         label_set = get_label_set(clf.label_set) if getattr(clf, "label_set", None) else None
+        y_fer7 = np.asarray(y_fer7, np.int64)
+        basic = y_fer7 < len(EMOTIONS)  # 7 = contempt (a class folder): only a model that has it can score it
         if tuple(labels) == EMOTIONS:
-            y = y_fer7.copy()
+            y = np.where(basic, y_fer7, -1)
         elif label_set is not None and label_set.from_fer7 is not None:  # e.g. fer6 merges disgust into angry
-            y = label_set.map_fer7(y_fer7)
+            y = np.where(basic, label_set.map_fer7(np.where(basic, y_fer7, 0)), -1)
         else:  # map by name (a FER+ model: faces-dev's 7 names are among its 8; 'contempt' is always wrong)
-            y = np.asarray([labels.index(EMOTIONS[i]) if EMOTIONS[i] in labels else -1 for i in y_fer7])
+            names = EMOTIONS + ("contempt",)
+            y = np.asarray([labels.index(names[i]) if names[i] in labels else -1 for i in y_fer7], np.int64)
         self.y = y
         self.present = sorted(set(int(v) for v in y if v >= 0))
 
@@ -281,7 +298,9 @@ def fer2013_framing(fer_path: Path, detectors, n: int, seed: int = 0):
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="faces-dev folder (default: $FERKIT_DATA_DIR/faces-dev or ../shared/data/faces-dev)")
+    ap.add_argument("--data", help="faces-dev folder (default: $FERKIT_DATA_DIR/faces-dev or ../shared/data/faces-dev), "
+                                   "or any folder of labelled photos: <root>/<class>/* (class names as ferkit's "
+                                   "folder reader knows them: angry, happiness, surprised, ...)")
     ap.add_argument("--model", default=None, help="an .onnx model (default: the bundled model)")
     ap.add_argument("--tta", default=None, choices=("none", "flip", "tencrop"),
                     help="test-time augmentation (default: the model's own)")
@@ -314,11 +333,12 @@ def main(argv=None) -> int:
             fer2013_framing(fer, detectors, args.framing_n)
 
     root = data_dir(args.data)
-    if not (root / "labels.csv").is_file():
+    if not root.is_dir() or (args.data is None and not (root / "labels.csv").is_file()):
         print(f"faces-dev not found at {root}; nothing to evaluate (skipped)")
         return 0
     images, y, names = load_faces_dev(root, args.limit)
-    print(f"faces-dev: {len(images)} photos from {root}; machine: {os.cpu_count()} CPUs")
+    kind = "faces-dev" if (root / "labels.csv").is_file() else "labelled photos"
+    print(f"{kind}: {len(images)} photos from {root}; machine: {os.cpu_count()} CPUs")
 
     # detection
     dets, rows = {}, []

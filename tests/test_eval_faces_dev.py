@@ -113,3 +113,27 @@ def test_multi_crop_averages_the_crops_of_each_scale(bench):
     assert len({round(float(p[0]), 6) for p in single}) == 3  # three different crops, not one three times
     one = bench.multi_crop_probs(Clf(), [img], dets[:1], base, [1.12])[1]
     assert np.allclose(one, bench.crop_probs(Clf(), [img], dets[:1], base)[1])
+
+
+def test_any_class_folder_of_photos_can_be_scored_and_contempt_only_by_a_model_that_has_it(bench, tmp_path):
+    """--data DIR with DIR/<class>/*: labels from the folder names (ferkit's synonyms); a contempt photo is left
+    out for a 7-class model and scored as contempt for a FER+ model."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    for folder, n in (("Happiness", 2), ("surprised", 1), ("contempt", 1)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            cv2.imwrite(str(tmp_path / folder / f"{i}.png"), rng.integers(0, 256, (40, 40), dtype=np.uint8))
+    (tmp_path / "contempt" / "notes.txt").write_text("not a photo")
+    images, y, names = bench.load_faces_dev(tmp_path, None)
+    assert len(images) == 4 and sorted(y.tolist()) == [3, 3, 5, 7]
+    assert sorted(names) == ["Happiness/0.png", "Happiness/1.png", "contempt/0.png", "surprised/0.png"]
+    fer7 = bench.Scorer(SimpleNamespace(labels=EMOTIONS, label_set="fer7"), y)
+    assert sorted(fer7.y.tolist()) == [-1, 3, 3, 5] and fer7.present == [3, 5]
+    fer6 = bench.Scorer(SimpleNamespace(labels=("angry", "fear", "happy", "sad", "surprise", "neutral"),
+                                        label_set="fer6"), y)
+    assert sorted(fer6.y.tolist()) == [-1, 2, 2, 4]
+    plus = bench.Scorer(SimpleNamespace(labels=FERPLUS_EMOTIONS, label_set="ferplus8"), y)
+    assert sorted(FERPLUS_EMOTIONS[i] for i in plus.y) == ["contempt", "happy", "happy", "surprise"]
+    acc, _, n = fer7.score(np.array([3 if v == 3 else 0 for v in y]))  # the contempt photo does not count
+    assert n == 3 and acc == pytest.approx(2 / 3)
