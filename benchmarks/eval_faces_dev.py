@@ -336,7 +336,11 @@ def main(argv=None) -> int:
     if not root.is_dir() or (args.data is None and not (root / "labels.csv").is_file()):
         print(f"faces-dev not found at {root}; nothing to evaluate (skipped)")
         return 0
-    images, y, names = load_faces_dev(root, args.limit)
+    try:
+        images, y, names = load_faces_dev(root, args.limit)
+    except FerkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     kind = "faces-dev" if (root / "labels.csv").is_file() else "labelled photos"
     print(f"{kind}: {len(images)} photos from {root}; machine: {os.cpu_count()} CPUs")
 

@@ -137,3 +137,10 @@ def test_any_class_folder_of_photos_can_be_scored_and_contempt_only_by_a_model_t
     assert sorted(FERPLUS_EMOTIONS[i] for i in plus.y) == ["contempt", "happy", "happy", "surprise"]
     acc, _, n = fer7.score(np.array([3 if v == 3 else 0 for v in y]))  # the contempt photo does not count
     assert n == 3 and acc == pytest.approx(2 / 3)
+
+
+def test_a_folder_that_is_not_labelled_is_a_clear_error(bench, tmp_path, capsys):
+    (tmp_path / "holiday").mkdir()
+    (tmp_path / "holiday" / "a.png").write_bytes(b"not read: the folder name is checked first")
+    assert bench.main(["--data", str(tmp_path), "--detectors", "haar"]) == 2
+    assert "unknown class folder(s) 'holiday'" in capsys.readouterr().err
