@@ -373,12 +373,26 @@ def test_analyze_api(analyzer, tmp_path):
                   analyzer.analyze(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))):
         assert [f.box for f in other] == [f.box for f in faces]
         assert [f.emotion for f in other] == [f.emotion for f in faces]
+    # ... and from encoded bytes and PIL images (RGB, RGBA and gray), the forms web code and notebooks hold
+    forms = [(tmp_path / "s.png").read_bytes()]
+    Image = pytest.importorskip("PIL.Image")
+    rgb = Image.fromarray(np.ascontiguousarray(img[:, :, ::-1]))
+    forms += [rgb, rgb.convert("RGBA"), rgb.convert("L")]
+    for form in forms:
+        other = analyzer.analyze(form)
+        assert [f.box for f in other] == [f.box for f in faces]
+        assert [f.emotion for f in other] == [f.emotion for f in faces]
+        if form is not forms[-1]:  # the same pixels exactly (PIL's own gray conversion rounds its own way)
+            for f, ref in zip(other, faces):
+                assert f.probabilities == pytest.approx(ref.probabilities, abs=1e-6)
     # no face: an empty list, not an error
     assert analyzer.analyze(np.full((100, 100, 3), 30, np.uint8)) == []
     with pytest.raises(FerkitError):
         analyzer.analyze("definitely/missing.jpg")
-    with pytest.raises(FerkitError):
+    with pytest.raises(FerkitError, match="PIL image or a numpy image array, got list"):
         analyzer.analyze([1, 2, 3])
+    with pytest.raises(FerkitError, match="cannot decode"):
+        analyzer.analyze(b"not an image at all")
 
 
 def test_module_level_analyze_and_lazy_exports(model_path, monkeypatch):

@@ -96,8 +96,13 @@ def _to_image(image, channels: str) -> np.ndarray:
         from .io import decode_image
 
         return decode_image(image, "image bytes")
+    if hasattr(image, "convert") and hasattr(image, "mode") and hasattr(image, "getbands"):  # a PIL image
+        if image.mode in ("L", "1", "I", "I;16", "F"):
+            return as_bgr(np.asarray(image.convert("L")))
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     if not isinstance(image, np.ndarray):
-        raise FerkitError(f"analyze() takes a path or a numpy image array, got {type(image).__name__}")
+        raise FerkitError(f"analyze() takes a path, encoded image bytes, a PIL image or a numpy image array, "
+                          f"got {type(image).__name__}")
     if image.ndim not in (2, 3) or image.size == 0:
         raise FerkitError(f"expected an image array (H, W) or (H, W, 3|4), got shape {image.shape}")
     ch = channels.lower()
@@ -239,8 +244,8 @@ def analyze(image, *, model=None, detector="auto", min_face: int = 0, confidence
             channels: str = "bgr", **options) -> list[FaceResult]:
     """Emotions of every face in ``image``.
 
-    image:    a file path, or an image array: BGR (OpenCV, the default), RGB (pass ``channels='rgb'``),
-              gray (H, W) or BGRA; uint8, uint16 or float in 0..1.
+    image:    a file path, encoded image bytes, a PIL image, or an image array: BGR (OpenCV, the default),
+              RGB (pass ``channels='rgb'``), gray (H, W) or BGRA; uint8, uint16 or float in 0..1.
     model:    None (the bundled model), a bundled name, an ``.onnx`` path, or a classifier object.
     detector, min_face, confidence, largest_only, crop, align: see :class:`Analyzer`.
 
