@@ -114,6 +114,40 @@ def test_iter_video_tracks_and_smooths(tmp_path, analyzer):
             assert sum(f.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_detect_every_k_frames_reuses_the_boxes_and_reads_every_frame(tmp_path, model_path):  # noqa: F811
+    """detect_every=3: the detector runs on frames 0, 3, 6, ...; the frames between keep the last boxes (a
+    moving face's box lags by up to 2 frames) and still get their own emotion from their own pixels."""
+    det = SquareDetector()
+    a = pipeline.Analyzer(str(model_path), detector=det)
+    path = make_clip(tmp_path / "move.mp4", n=9, squares=lambda i: [(10 + 5 * i, 30, 40)])
+    every = list(iter_video(path, a, smoothing=0))
+    calls = len(det.calls)
+    assert calls == 9
+    lazy = list(iter_video(path, a, smoothing=0, detect_every=3))
+    assert len(det.calls) - calls == 3  # frames 0, 3 and 6
+    assert len(lazy) == 9 and all(len(fr.faces) == 1 for fr in lazy)
+    for fr in lazy:
+        assert fr.faces[0].box == every[fr.index - fr.index % 3].faces[0].box  # the box of the last detection
+    assert all(fr.faces[0].track == 1 for fr in lazy)
+    # on detection frames the answer is the every-frame answer; between them, the frame's own pixels are read
+    for k in (0, 3, 6):
+        assert lazy[k].raw[0].probabilities == pytest.approx(every[k].raw[0].probabilities)
+    (moved,) = a.classify(lazy[1].frame, a.detect(lazy[0].frame))  # frame 1 read through frame 0's box
+    assert lazy[1].raw[0].probabilities == pytest.approx(moved.probabilities)
+    assert lazy[1].raw[0].probabilities != pytest.approx(lazy[0].raw[0].probabilities)  # its own pixels, not a copy
+    with pytest.raises(FerkitError, match="detect_every"):
+        next(iter_video(path, a, detect_every=0))
+
+    class OnlyAnalyze:  # a custom analyzer (the server's --analyzer kind) cannot skip detection
+        labels = a.labels
+
+        def analyze(self, frame):
+            return []
+
+    with pytest.raises(FerkitError, match="detect"):
+        next(iter_video(path, OnlyAnalyze(), detect_every=2))
+
+
 def test_process_video_outputs(tmp_path, clip, analyzer):
     f, w = open_csv(tmp_path / "t.csv", analyzer.labels)
     seen = []
@@ -150,6 +184,12 @@ def test_predict_video_cli(tmp_path, clip, capsys, use_square_detector, model_pa
     summary = json.loads((tmp_path / "o" / "clip_summary.json").read_text())
     assert summary["frames"] == 12 and summary["tracks"][0]["track"] == 1
     assert len(list(csv.DictReader(open(tmp_path / "v.csv")))) == 12
+    # --detect-every: every frame still gets its row
+    rc = cli_main(["predict", str(clip), "--json", "--detect-every", "3", "--model", str(model_path)])
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and [r["frame"] for r in rows] == list(range(12))
+    assert cli_main(["predict", str(clip), "--detect-every", "0", "--model", str(model_path)]) == 2
+    assert "--detect-every must be >= 1" in capsys.readouterr().err
     # the table mode prints a per-track summary
     rc = cli_main(["predict", str(clip), "--model", str(model_path), "--max-frames", "5"])
     out = capsys.readouterr().out

@@ -390,21 +390,35 @@ class VideoReport:
 # ------------------------------------------------------------------------------------------- driver
 def iter_video(source, analyzer, *, smoothing: float = 0.3, iou_threshold: float = 0.3,
                max_missed: int | None = None, max_frames: int | None = None,
-               stride: int = 1) -> Iterator[FrameResult]:
+               stride: int = 1, detect_every: int = 1) -> Iterator[FrameResult]:
     """Analyse a video file or camera frame by frame.
 
     source: a path, camera index or :class:`ferkit.io.Source`. analyzer: a :class:`ferkit.pipeline.Analyzer`.
     smoothing: the half-life in seconds of the probability smoothing (0: off).
     max_missed: frames a track survives unseen (None: half a second of frames).
+    detect_every: look for faces on every K-th analysed frame only; the frames between reuse the last boxes
+        (the emotion is still read on every frame). Detection is most of a frame's cost, so K = 3 is about 3x
+        the frame rate, at the price of boxes up to K-1 frames old on moving faces; a face that appears waits
+        for the next detection. Needs an analyzer with ``detect`` and ``classify`` (ferkit's has both).
     """
+    if int(detect_every) != detect_every or detect_every < 1:
+        raise FerkitError(f"detect_every must be a whole number >= 1, got {detect_every}")
+    if detect_every > 1 and not (hasattr(analyzer, "detect") and hasattr(analyzer, "classify")):
+        raise FerkitError("detect_every > 1 needs an analyzer with detect(frame) and classify(frame, detections)")
     reader = source if isinstance(source, FrameReader) else FrameReader(source, max_frames=max_frames, stride=stride)
     if max_missed is None:
         max_missed = max(2, int(round(reader.fps * 0.5 / reader.stride)))
     tracker = IoUTracker(iou_threshold=iou_threshold, max_missed=max_missed)
     smoother = EmotionSmoother(half_life=smoothing)
     labels = list(analyzer.labels)
-    for index, t, frame in reader:
-        raw = analyzer.analyze(frame)
+    dets: list = []
+    for n, (index, t, frame) in enumerate(reader):
+        if detect_every == 1:
+            raw = analyzer.analyze(frame)
+        else:
+            if n % detect_every == 0:
+                dets = analyzer.detect(frame)
+            raw = analyzer.classify(frame, dets)
         ids, ended = tracker.update([r.box for r in raw])
         for tid in ended:
             smoother.forget(tid)
@@ -445,7 +459,7 @@ def progress_bar(reader: "FrameReader", max_frames: int | None = None):
 
 def process_video(source, analyzer, *, save_video: str | os.PathLike | None = None,
                   csv_writer=None, plot: str | os.PathLike | None = None, smoothing: float = 0.3,
-                  max_frames: int | None = None, stride: int = 1,
+                  max_frames: int | None = None, stride: int = 1, detect_every: int = 1,
                   on_frame: Callable[[FrameResult], None] | None = None, draw: bool = True,
                   progress: bool = False) -> VideoReport:
     """Run :func:`iter_video` over a whole video (or ``max_frames``), frame by frame, and
@@ -466,7 +480,7 @@ def process_video(source, analyzer, *, save_video: str | os.PathLike | None = No
     bar = progress_bar(reader, max_frames) if progress else None
     t0 = time.perf_counter()
     try:
-        for fr in iter_video(reader, analyzer, smoothing=smoothing):
+        for fr in iter_video(reader, analyzer, smoothing=smoothing, detect_every=detect_every):
             report.frames += 1
             for f in fr.faces:
                 summ = report.tracks.get(f.track)

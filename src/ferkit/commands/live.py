@@ -76,7 +76,7 @@ def run(args) -> int:
     last = time.perf_counter()
     t_start = last
     try:
-        for fr in iter_video(reader, analyzer, smoothing=args.smoothing):
+        for fr in iter_video(reader, analyzer, smoothing=args.smoothing, detect_every=args.detect_every):
             now = time.perf_counter()
             dt = max(1e-6, now - last)
             last = now

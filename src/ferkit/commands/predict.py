@@ -34,6 +34,9 @@ def add_analyzer_options(p: argparse.ArgumentParser, detect_size: int = 960) -> 
     al.add_argument("--no-align", dest="align", action="store_false", help="never rotate faces")
     p.add_argument("--smoothing", type=float, default=0.3, metavar="S",
                    help="videos: half-life in seconds of the probability smoothing per face (0 = off)")
+    p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                   help="videos and cameras: look for faces on every K-th frame only and reuse the boxes between "
+                        "(emotions are still read on every frame); about K times faster where detection dominates")
     p.add_argument("--detect-size", type=int, default=detect_size, metavar="PIXELS",
                    help="find faces on a copy downscaled so its longer side is at most PIXELS (0: full size; "
                         f"default {detect_size}); smaller is faster but misses small faces (docs/inference.md)")
@@ -80,6 +83,8 @@ def _check_args(args) -> None:
         raise FerkitError(f"--max-frames must be >= 0, got {args.max_frames}")
     if getattr(args, "stride", 1) < 1:
         raise FerkitError(f"--stride must be >= 1, got {args.stride}")
+    if args.detect_every < 1:
+        raise FerkitError(f"--detect-every must be >= 1, got {args.detect_every}")
 
 
 class _Namer:
@@ -223,7 +228,8 @@ def _run_stream(src, analyzer, args, labels, namer, csv_writer, out) -> int:
     try:
         report = process_video(src if src.kind == "camera" else src.path, analyzer, save_video=save_video,
                                csv_writer=csv_writer, plot=plot, smoothing=args.smoothing,
-                               max_frames=args.max_frames, stride=args.stride, on_frame=on_frame,
+                               max_frames=args.max_frames, stride=args.stride, detect_every=args.detect_every,
+                               on_frame=on_frame,
                                progress=not args.quiet and sys.stderr.isatty())
     except FerkitError as e:
         print(f"ferkit: error: {e}", file=sys.stderr)
