@@ -211,6 +211,10 @@ def test_live_headless_with_video_standing_in_for_camera(clip, capsys, use_squar
     rows = [json.loads(l) for l in cap.out.splitlines()]
     assert [r["frame"] for r in rows] == [0, 1, 2, 3, 4] and all(r["track"] == 1 for r in rows)
     assert all(r["fps"] > 0 for r in rows) and "5 frames" in cap.err
+    rc = cli_main(["live", "--source", str(clip), "--headless", "--max-frames", "5", "--detect-every", "2",
+                   "--model", str(model_path)])
+    rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    assert rc == 0 and [r["frame"] for r in rows] == [0, 1, 2, 3, 4]
 
 
 def test_live_window_needs_gui_or_headless(clip, capsys, model_path):  # noqa: F811
