@@ -333,7 +333,10 @@ def main(argv=None) -> int:
             fer2013_framing(fer, detectors, args.framing_n)
 
     root = data_dir(args.data)
-    if not root.is_dir() or (args.data is None and not (root / "labels.csv").is_file()):
+    if args.data is not None and not root.is_dir():
+        print(f"error: {root} is not a folder (faces-dev, or labelled photos in <class> folders)", file=sys.stderr)
+        return 2
+    if not (root / "labels.csv").is_file() and args.data is None:
         print(f"faces-dev not found at {root}; nothing to evaluate (skipped)")
         return 0
     try:

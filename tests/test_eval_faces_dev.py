@@ -144,3 +144,5 @@ def test_a_folder_that_is_not_labelled_is_a_clear_error(bench, tmp_path, capsys)
     (tmp_path / "holiday" / "a.png").write_bytes(b"not read: the folder name is checked first")
     assert bench.main(["--data", str(tmp_path), "--detectors", "haar"]) == 2
     assert "unknown class folder(s) 'holiday'" in capsys.readouterr().err
+    assert bench.main(["--data", str(tmp_path / "missing"), "--detectors", "haar"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
