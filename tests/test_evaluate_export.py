@@ -319,6 +319,30 @@ def test_evaluate_split_all_scores_other_data_whole_and_refuses_the_models_own(t
     assert len(whole.get("all")) == res["n"] == len(whole.train) + len(whole.val) + len(whole.test)
 
 
+def test_evaluate_unseen_leaves_out_test_images_that_occur_in_training(tiny_run, tmp_path, capfd):
+    """--unseen: the test images that are pixel-for-pixel copies of Training images are left out and counted."""
+    from dataclasses import replace
+
+    from ferkit.data import Subset
+
+    csv, run, onnx_path, _ = tiny_run
+    sp = prepare_splits(str(csv))
+    copies = sp.train.take(np.array([0, 5, 9]))
+    leaky = replace(sp, test=Subset.concat([sp.test, copies]))
+    full = evaluate(onnx_path, leaky, split="PrivateTest")
+    res = evaluate(onnx_path, leaky, split="PrivateTest", unseen=True)
+    assert full["n"] == len(sp.test) + 3 and full["unseen"] is None
+    assert res["n"] == len(sp.test) and res["unseen"] == {"left_out_also_in_training": 3, "scored": len(sp.test)}
+    assert res["accuracy"] == pytest.approx(evaluate(onnx_path, sp, split="PrivateTest")["accuracy"])
+    with pytest.raises(FerkitError, match="test split"):
+        evaluate(onnx_path, leaky, split="Training", unseen=True)
+    with pytest.raises(FerkitError, match="Subset"):
+        evaluate(onnx_path, sp.test, unseen=True)
+    assert cli_main(["evaluate", str(onnx_path), "--data", str(csv), "--unseen", "--json"]) == 0
+    out = json.loads(capfd.readouterr().out)
+    assert out["unseen"] == {"left_out_also_in_training": 0, "scored": out["n"]} and out["n"] == len(sp.test)
+
+
 def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
     csv, run, onnx_path, _ = tiny_run
     res = evaluate(onnx_path, csv, split="PrivateTest")

@@ -119,7 +119,7 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
             raise FerkitError(f"the splits use label set {data.label_set!r} but the model predicts {lm.label_set!r}")
         info = data.info
         return data.get(split), {"data": info.get("data"), "data_sha256": info.get("data_sha256"),
-                                 "split_method": info.get("split"), "split": split}
+                                 "split_method": info.get("split"), "split": split, "_train": data.train}
     if not isinstance(data, (str, os.PathLike)):
         raise FerkitError(f"data must be a FER2013 CSV or image-folder path, Splits or Subset, got {type(data).__name__}")
     method = split_method or lm.data_info.get("split") or "usage"
@@ -151,7 +151,17 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         meta["cleaning"] = splits.info["cleaning"]
     if splits.info.get("pack"):
         meta["pack"] = splits.info["pack"]
+    meta["_train"] = splits.train
     return splits.get(split), meta
+
+
+def _drop_seen(subset, train) -> tuple[Any, int]:
+    """``subset`` without the images that also occur, pixel for pixel, in ``train``; and how many went."""
+    from .data.clean import duplicate_groups
+
+    groups = duplicate_groups(np.concatenate([train.images, subset.images]))
+    seen = np.isin(groups[len(train):], groups[:len(train)])
+    return subset.take(np.flatnonzero(~seen)), int(seen.sum())
 
 
 def evaluate(
@@ -168,6 +178,7 @@ def evaluate(
     progress: bool = False,
     return_probs: bool = False,
     temperature: float | None = None,
+    unseen: bool = False,
     **splits_kwargs,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on one split.
@@ -188,6 +199,9 @@ def evaluate(
         :mod:`ferkit.data.ferplus`; ``clean=`` rules, off by default so the test split stays complete).
     return_probs: also return ``probs`` (N, C) float32 and ``y_true`` (N,) arrays (not JSON).
     temperature: None = the model's own (see :func:`load_model`); 1.0 = the raw softmax.
+    unseen: score only the images of ``split`` that do not also occur, pixel for pixel, in the Training split
+        (FER2013's PublicTest and PrivateTest share 280 and 288 images with Training; every model trained on
+        Training has seen them). The result's ``unseen`` records how many were left out.
 
     Returns a JSON-ready dict: accuracy, loss (mean cross-entropy, nats), macro_f1, per_class,
     confusion_matrix (counts, rows = true class), confusion_matrix_normalized, true_counts, pred_counts,
@@ -197,6 +211,14 @@ def evaluate(
     lm = load_model(model, threads=threads, temperature=temperature)
     subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
     split = data_meta.pop("split")
+    train = data_meta.pop("_train", None)
+    dropped = None
+    if unseen:
+        if train is None:
+            raise FerkitError("unseen=True needs the data set (a CSV, pack, folder or Splits), not a bare Subset")
+        if split.lower() in ("training", "train", "all"):
+            raise FerkitError(f"unseen applies to a test split (PublicTest or PrivateTest), not {split!r}")
+        subset, dropped = _drop_seen(subset, train)
     y = np.asarray(subset.labels, dtype=np.int64)
     if len(y) == 0:
         held = f" (a pack of {', '.join(data_meta['pack']['splits'])} only)" if data_meta.get("pack") else ""
@@ -224,6 +246,7 @@ def evaluate(
         **data_meta,
         "tta": mode,
         "temperature": lm.temperature,
+        "unseen": None if dropped is None else {"left_out_also_in_training": dropped, "scored": int(len(y))},
         "seconds": round(seconds, 4),
         "faces_per_s": round(len(y) / seconds, 1) if seconds > 0 else None,
     }
@@ -244,6 +267,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"data    {result.get('data')}  split {result['split']}  n={result['n']}  tta={result['tta']}",
         *([f"labels  FER+ votes, {result['ferplus'].get('protocol', 'plurality')} protocol"]
           if result.get("ferplus") else []),
+        *([f"unseen  {result['unseen']['left_out_also_in_training']} images that also occur in Training left out"]
+          if result.get("unseen") else []),
         f"accuracy {result['accuracy'] * 100:.2f}%   macro-F1 {result['macro_f1'] * 100:.2f}%   "
         f"loss {result['loss']:.4f}   ({result.get('faces_per_s')} faces/s)",
         *([_calibration_line(result)] if result.get("calibration") else []),

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="scale the probabilities by this temperature (default: the model's own, 1.0 when it has "
                         "none; 1 = the raw softmax). Changes loss and calibration, never the predicted class")
+    p.add_argument("--unseen", action="store_true",
+                   help="score only the test images that do not also occur, pixel for pixel, in Training (FER2013's "
+                        "PrivateTest shares 288 images with Training; the full split is the standard protocol)")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(
             args.model, args.data, split=args.split, tta=args.tta, batch_size=args.batch_size, threads=args.threads,
             split_method=args.split_method, seed=args.seed, limit=args.limit, progress=sys.stderr.isatty(),
-            temperature=args.temperature, **extra,
+            temperature=args.temperature, unseen=args.unseen, **extra,
         )
         written = save_report(result, args.out) if args.out else []
     if args.json:
