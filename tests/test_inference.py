@@ -595,3 +595,52 @@ def test_predict_cli_with_detector_none(tmp_path, capsys, model_path):
     assert rc == 0 and len(rows) == 3
     assert all(r["box"] == [0, 0, 48, 48] for r in rows)
     assert {Path(r["source"]).name for r in rows} == {"c0.png", "c1.png", "c2.png"}
+
+
+# ------------------------------------------------------------------------------------- images by URL
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www (a thread; stopped after the test)."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield www, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_images_by_url(http_folder, monkeypatch, capsys, use_square_detector, model_path):
+    from ferkit import io as fio
+
+    www, base = http_folder
+    img = scene(squares=((60, 50, 80),))
+    cv2.imwrite(str(www / "face.png"), img)
+    (www / "notes.txt").write_text("not an image")
+    assert np.array_equal(read_image(f"{base}/face.png"), img)
+    assert expand_sources([f"{base}/face.png"]).sources == [Source("image", path=f"{base}/face.png")]
+    with pytest.raises(FerkitError, match="HTTP 404"):
+        read_image(f"{base}/missing.jpg")
+    with pytest.raises(FerkitError, match="cannot decode"):
+        read_image(f"{base}/notes.txt")
+    with monkeypatch.context() as mp:
+        mp.setattr(fio, "URL_MAX_BYTES", 100)
+        with pytest.raises(FerkitError, match="over the"):
+            read_image(f"{base}/face.png")
+    with pytest.raises(FerkitError, match="cannot fetch"):
+        read_image("http://127.0.0.1:9/nothing-listens-here.jpg")
+    # the CLI and the Python API take the address like a path; a bad one is one error among good sources
+    rc = cli_main(["predict", f"{base}/face.png", f"{base}/missing.jpg", "--model", str(model_path), "--json"])
+    cap = capsys.readouterr()
+    rows = [json.loads(line) for line in cap.out.splitlines()]
+    assert rc == 1 and len(rows) == 1 and rows[0]["source"] == f"{base}/face.png" and rows[0]["box"] == [60, 50, 80, 80]
+    assert "HTTP 404" in cap.err
+    (r,) = pipeline.Analyzer(str(model_path), detector=SquareDetector()).analyze(f"{base}/face.png")
+    assert r.box == (60, 50, 80, 80)

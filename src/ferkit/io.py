@@ -7,7 +7,7 @@ upright, as a photo viewer shows it. A missing, empty, truncated or undecodable 
 :class:`~ferkit.errors.FerkitError` with a one-line message.
 
 :func:`expand_sources` turns what a user typed (``photo.jpg``, ``photos/``, ``"shots/*.png"``,
-``clip.mp4``, ``0``) into a list of :class:`Source` plus the errors for the parts that name nothing.
+``clip.mp4``, ``0``, ``https://.../photo.jpg``) into a list of :class:`Source` plus the errors for the parts that name nothing.
 """
 from __future__ import annotations
 
@@ -221,8 +221,48 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(to_bgr8(img))
 
 
+#: the largest image fetched from a URL (bytes), and the seconds allowed for it
+URL_MAX_BYTES = 20 * 1024 * 1024
+URL_TIMEOUT_S = 15.0
+
+
+def is_url(spec) -> bool:
+    """True for an ``http://`` or ``https://`` address (what :func:`read_image` fetches)."""
+    return isinstance(spec, str) and spec[:8].lower().startswith(("http://", "https://"))
+
+
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+    """The body of ``url`` (http or https; redirects followed), at most ``max_bytes``. Every failure (HTTP
+    status, network, timeout, too large) is a one-line FerkitError naming the address."""
+    import urllib.error
+    import urllib.request
+
+    from . import __version__
+
+    limit = URL_MAX_BYTES if max_bytes is None else int(max_bytes)
+    req = urllib.request.Request(url, headers={"User-Agent": f"ferkit/{__version__}", "Accept": "image/*"})
+    try:
+        with urllib.request.urlopen(req, timeout=URL_TIMEOUT_S if timeout is None else timeout) as resp:
+            size = resp.headers.get("Content-Length")
+            if size and size.isdigit() and int(size) > limit:
+                raise FerkitError(f"{url}: the image is {int(size) / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB limit")
+            data = resp.read(limit + 1)
+    except urllib.error.HTTPError as e:
+        raise FerkitError(f"{url}: the server answered HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise FerkitError(f"{url}: cannot fetch it ({getattr(e, 'reason', e)})") from None
+    except (TimeoutError, OSError, ValueError) as e:
+        raise FerkitError(f"{url}: cannot fetch it ({e})") from None
+    if len(data) > limit:
+        raise FerkitError(f"{url}: the image is over the {limit / 2**20:.0f} MiB limit")
+    return data
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file -> upright uint8 BGR array (H, W, 3). Raises FerkitError for an unreadable file."""
+    """Read an image file, or fetch an http(s) URL -> upright uint8 BGR array (H, W, 3). Raises FerkitError
+    for an unreadable file or address."""
+    if is_url(path):
+        return decode_image(fetch_url(path), path)
     p = Path(path)
     if not p.exists():
         raise FerkitError(f"{p}: no such file")
@@ -311,7 +351,8 @@ def expand_sources(specs: Iterable[str | int | os.PathLike], recursive: bool = T
     - an existing folder: every image and video inside (sub-folders too when ``recursive``), sorted by name;
       other files are counted in ``skipped``;
     - a glob pattern (``*``, ``?``, ``[``): the images and videos it matches;
-    - an integer, or digits that are not an existing path: a camera index.
+    - an integer, or digits that are not an existing path: a camera index;
+    - an ``http://`` or ``https://`` address: an image, fetched when it is read (:func:`read_image`).
     A path that does not exist, an empty folder or a glob matching nothing becomes an entry of ``errors``.
     """
     out = Expansion()
@@ -321,7 +362,9 @@ def expand_sources(specs: Iterable[str | int | os.PathLike], recursive: bool = T
             continue
         s = os.fspath(spec)
         p = Path(s)
-        if p.is_file():
+        if is_url(s):  # fetched when it is read; images only (download a video first)
+            out.sources.append(Source("image", path=s))
+        elif p.is_file():
             out.sources.append(Source(kind_of_path(s) or "image", path=s))
         elif p.is_dir():
             found, skipped = _folder_files(p, recursive)
