@@ -33,6 +33,8 @@ from _table import print_table  # noqa: E402
 
 import cv2  # noqa: E402
 
+from ferkit.faces import iou  # noqa: E402
+
 DATA = Path(os.environ.get("FERKIT_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
@@ -50,16 +52,6 @@ def make_clip(face: np.ndarray, speed: float, frames: int, size=(640, 480), face
         canvas[y:y + face_px, x:x + face_px] = f
         out.append(canvas)
     return out
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    union = aw * ah + bw * bh - inter
-    return inter / union if union else 0.0
 
 
 def main(argv=None) -> int:
