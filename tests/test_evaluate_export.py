@@ -1137,6 +1137,18 @@ def test_model_cards_of_a_single_model_and_an_ensemble(tiny_run, second_run, tmp
     assert "epoch 1 of" in card and "ferkit train ..." in card and "PrivateTest was not used" in card
     assert (tmp_path / "single" / "privatetest" / "confusion_matrix.png").is_file()
     assert "- Weights: int8" not in card
+    assert metrics_json["unseen"]["PrivateTest"]["unseen"]["left_out_also_in_training"] == 0
+    assert "not in Training" not in card  # no test image occurs in this CSV's Training split
+    # a CSV whose PrivateTest holds two copies of Training images: the card adds the rows without them
+    rows = csv.read_text().splitlines()
+    train_rows = [r for r in rows[1:] if r.endswith(",Training")][:2]
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text("\n".join(rows + [r.replace(",Training", ",PrivateTest") for r in train_rows]) + "\n")
+    card = write_model_card(onnx_path, leaky, tmp_path / "leaky").read_text()
+    clean = evaluate(onnx_path, str(leaky), split="PrivateTest", unseen=True)
+    assert clean["n"] == expected["n"] and clean["accuracy"] == pytest.approx(expected["accuracy"])
+    assert f"| PrivateTest (not in Training; 2 left out) | {expected['n']} | {100 * expected['accuracy']:.2f}% |" in card
+    assert f"| PrivateTest | {expected['n'] + 2} |" in card
     # an int8 model's card says what it was quantized from and on which faces, and scores the int8 model
     from ferkit.quantize import quantize_onnx
 

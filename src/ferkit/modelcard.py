@@ -208,9 +208,11 @@ def write_model_card(
     # keeps fewer, clearer images; the main table stays ferkit's plurality protocol
     reference = {split: evaluate(model, str(data), split=split, ferplus_protocol="reference")
                  for split in SPLITS[1:]} if meta.get("label_set") == "ferplus8" else {}
+    # the test splits without the images that also occur in Training (FER2013 shares 280 + 288 of them)
+    unseen = {split: evaluate(model, str(data), split=split, unseen=True) for split in SPLITS[1:]}
     (out / "metrics.json").write_text(json.dumps(
         {**{s: {k: v for k, v in r.items() if k not in ("probs", "y_true")} for s, r in results.items()},
-         **({"reference_protocol": reference} if reference else {})}, indent=1) + "\n")
+         **({"reference_protocol": reference} if reference else {}), "unseen": unseen}, indent=1) + "\n")
 
     name = name or Path(model).stem
     test = results["PrivateTest"]
@@ -251,6 +253,14 @@ def write_model_card(
                   "| split | images | accuracy | macro-F1 | loss | ECE | Brier |", "| --- " * 7 + "|"]
         for split, r in reference.items():
             lines.append(_split_row(split, r))
+    left = {split: (r.get("unseen") or {}).get("left_out_also_in_training", 0) for split, r in unseen.items()}
+    if any(left.values()):
+        lines += ["", "The table is the standard protocol: the full splits. Some test images also occur, pixel for "
+                  "pixel, in Training, which this model (like any trained on Training) has seen; without them "
+                  "(`ferkit evaluate MODEL --unseen`):", "",
+                  "| split | images | accuracy | macro-F1 | loss | ECE | Brier |", "| --- " * 7 + "|"]
+        for split, r in unseen.items():
+            lines.append(_split_row(f"{split} (not in Training; {left[split]} left out)", r))
     lines += [
         "",
         "loss: mean negative log-likelihood of the true class (nats); ECE: expected calibration error, the mean gap "
