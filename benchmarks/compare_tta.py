@@ -15,41 +15,25 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import print_table  # noqa: E402
 
 from ferkit.errors import FerkitError  # noqa: E402
-from ferkit.evaluate import evaluate  # noqa: E402
-from ferkit.metrics import paired_comparison  # noqa: E402
+from ferkit.evaluate import compare_models, format_comparison  # noqa: E402
 from ferkit.tta import normalize_tta  # noqa: E402
 
 
 def compare(model: str, data: str, split: str, modes: list[str], *, ferplus: str | None = None,
             protocol: str | None = None, limit: int | None = None) -> list[dict]:
-    """One row per mode; rows after the first carry the paired comparison with the first."""
+    """One row per mode; rows after the first carry the paired comparison with the first
+    (:func:`ferkit.evaluate.compare_models`, which ``ferkit compare`` runs too)."""
     kwargs = {}
     if ferplus:
         kwargs["ferplus"] = ferplus
     if protocol:
         kwargs["ferplus_protocol"] = protocol
-    rows, first = [], None
-    for mode in modes:
-        r = evaluate(model, data, split=split, tta=mode, limit=limit, return_probs=True, **kwargs)
-        pred = r["probs"].argmax(axis=1)
-        row = {"tta": r["tta"], "n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
-               "faces_per_s": r["faces_per_s"]}
-        if first is None:
-            first = (r["y_true"], pred)
-        else:
-            if not np.array_equal(first[0], r["y_true"]):
-                raise FerkitError("the modes were scored on different images; cannot pair them")
-            row["vs_first"] = paired_comparison(first[0], first[1], pred)
-        rows.append(row)
-    return rows
+    return compare_models([(model, mode) for mode in modes], data, split=split, limit=limit, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,20 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except FerkitError as e:
         print(f"compare_tta: error: {e}", file=sys.stderr)
         return 2
-    table = []
-    for r in rows:
-        c = r.get("vs_first")
-        table.append([r["tta"], r["n"], f"{100 * r['accuracy']:.2f}%", f"{100 * r['macro_f1']:.2f}%",
-                      f"{r['faces_per_s']:.0f}",
-                      "-" if c is None else f"{100 * c['difference']:+.2f}",
-                      "-" if c is None else f"{c['a_only']} / {c['b_only']}",
-                      "-" if c is None else f"{100 * c['paired_se']:.2f}",
-                      "-" if c is None or c["paired_se"] == 0 else f"{c['difference'] / c['paired_se']:+.2f}"])
-    print_table(f"{args.model} on {args.split}" + (f" (FER+ labels, {args.ferplus_protocol or 'plurality'})"
-                                                   if args.ferplus else ""),
-                ["tta", "images", "accuracy", "macro-F1", "faces/s",
-                 f"vs {rows[0]['tta']} (points)", f"right only with {rows[0]['tta']} / with this",
-                 "paired SE (points)", "difference / SE"], table)
+    print(format_comparison(rows, f"{args.model} on {args.split}" + (
+        f" (FER+ labels, {args.ferplus_protocol or 'plurality'})" if args.ferplus else "")))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "split": args.split, "rows": rows}, indent=2))
     return 0

@@ -420,6 +420,37 @@ def second_run(tiny_run, tmp_path_factory):
         return train_tiny_run(csv, base / "run", steps=30, seed=1)
 
 
+def test_cli_compare_pairs_each_model_with_the_first(tiny_run, second_run, capfd):
+    """ferkit compare A B A@flip: every row equals a direct evaluation; the paired figures are direct counts."""
+    import math
+
+    from ferkit.commands.compare import parse_entry
+
+    csv, run, onnx_path, _ = tiny_run
+    assert cli_main(["compare", str(onnx_path), str(second_run), f"{onnx_path}@flip", "--data", str(csv),
+                     "--json"]) == 0
+    out = json.loads(capfd.readouterr().out)
+    rows = out["rows"]
+    assert out["split"] == "PublicTest" and [r["tta"] for r in rows] == ["none", "none", "flip"]
+    ref = evaluate(onnx_path, str(csv), split="PublicTest", return_probs=True)
+    y, p0 = ref["y_true"], ref["probs"].argmax(1)
+    assert "vs_first" not in rows[0] and rows[0]["accuracy"] == pytest.approx(ref["accuracy"])
+    for r, (model, tta) in zip(rows[1:], [(second_run, None), (onnx_path, "flip")]):
+        d = evaluate(model, str(csv), split="PublicTest", tta=tta, return_probs=True)
+        p = d["probs"].argmax(1)
+        c = r["vs_first"]
+        assert r["accuracy"] == pytest.approx(d["accuracy"]) and r["n"] == d["n"] == len(y)
+        assert (c["a_only"], c["b_only"]) == (int(np.sum((p0 == y) & (p != y))), int(np.sum((p == y) & (p0 != y))))
+        assert c["paired_se"] == pytest.approx(math.sqrt(c["a_only"] + c["b_only"]) / len(y))
+    assert cli_main(["compare", str(onnx_path), str(second_run), "--data", str(csv), "--split", "PrivateTest"]) == 0
+    table = capfd.readouterr().out
+    assert table.startswith("## PrivateTest") and "paired SE" in table and str(second_run) in table
+    assert cli_main(["compare", str(onnx_path), "--data", str(csv)]) == 2
+    assert "two or more models" in capfd.readouterr().err
+    assert parse_entry("runs/a@b/x.onnx") == ("runs/a@b/x.onnx", None)
+    assert parse_entry("x.onnx@tencrop") == ("x.onnx", "tencrop")
+
+
 def test_export_ensemble_is_the_weighted_mean_of_its_members(tiny_run, second_run, tmp_path):
     from ferkit.export import export_ensemble
 

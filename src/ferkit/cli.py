@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "models",    # ferkit models
     "train",     # ferkit train
     "evaluate",  # ferkit evaluate
+    "compare",   # ferkit compare
     "export",    # ferkit export
     "modelcard", # ferkit model-card
     "predict",   # ferkit predict

@@ -256,6 +256,54 @@ def evaluate(
     return result
 
 
+def compare_models(entries, data, *, split: str | None = None, limit: int | None = None, unseen: bool = False,
+                   **splits_kwargs) -> list[dict[str, Any]]:
+    """Several models (or one model under several TTA modes) on the same images, each against the first.
+
+    entries: ``(model, tta)`` pairs (tta None = the model's own). Returns one dict per entry: ``model``,
+    ``tta``, ``n``, ``accuracy``, ``macro_f1``, ``faces_per_s`` and, after the first, ``vs_first``:
+    :func:`ferkit.metrics.paired_comparison` (difference, images only one gets right, paired standard
+    error). Model choices belong on PublicTest; score PrivateTest only after deciding.
+    """
+    from .metrics import paired_comparison
+
+    rows, first = [], None
+    for model, tta in entries:
+        r = evaluate(model, data, split=split, tta=tta, limit=limit, unseen=unseen, return_probs=True, **splits_kwargs)
+        pred = r["probs"].argmax(axis=1)
+        row = {"model": str(model), "tta": r["tta"], "split": r["split"], "n": r["n"], "accuracy": r["accuracy"],
+               "macro_f1": r["macro_f1"], "faces_per_s": r["faces_per_s"]}
+        if first is None:
+            first = (r["y_true"], pred, tuple(r["labels"]))
+        else:
+            if not np.array_equal(first[0], r["y_true"]) or tuple(r["labels"]) != first[2]:
+                raise FerkitError(f"{model} was scored on other images or labels than {rows[0]['model']}; "
+                                  "only models of the same label set compare image by image")
+            row["vs_first"] = paired_comparison(first[0], first[1], pred)
+        rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]], title: str) -> str:
+    """A Markdown table of :func:`compare_models` rows."""
+    ref = f"{rows[0]['model']} ({rows[0]['tta']})"
+    head = ["model", "tta", "images", "accuracy", "macro-F1", "faces/s", f"vs {ref} (points)",
+            "right only with the first / with this", "paired SE (points)", "difference / SE"]
+    body = []
+    for r in rows:
+        c = r.get("vs_first")
+        body.append([r["model"], r["tta"], str(r["n"]), f"{100 * r['accuracy']:.2f}%", f"{100 * r['macro_f1']:.2f}%",
+                     f"{r['faces_per_s']:.0f}" if r.get("faces_per_s") else "-",
+                     "-" if c is None else f"{100 * c['difference']:+.2f}",
+                     "-" if c is None else f"{c['a_only']} / {c['b_only']}",
+                     "-" if c is None else f"{100 * c['paired_se']:.2f}",
+                     "-" if c is None or c["paired_se"] == 0 else f"{c['difference'] / c['paired_se']:+.2f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([f"## {title}", "", line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+                      *(line(b) for b in body)])
+
+
 # -- reporting ---------------------------------------------------------------------------------------
 
 def format_report(result: dict[str, Any]) -> str:
