@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from ferkit.tables import markdown_table  # noqa: E402
 
 
 def print_table(title: str | None, headers: Sequence[str], rows: Sequence[Sequence[Any]],
@@ -10,10 +14,5 @@ def print_table(title: str | None, headers: Sequence[str], rows: Sequence[Sequen
     """Print ``## title`` and a left-aligned Markdown table; each cell goes through ``fmt``."""
     if title:
         print(f"\n## {title}\n")
-    cells = [[str(h) for h in headers]] + [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for c in cells[1:]:
-        print("| " + " | ".join(x.ljust(w) for x, w in zip(c, widths)) + " |")
+    print("\n".join(markdown_table(headers, [[fmt(v) for v in r] for r in rows])))
     sys.stdout.flush()

@@ -48,6 +48,7 @@ from ferkit.faces.align import CropSpec, crop_faces  # noqa: E402
 from ferkit.io import read_image  # noqa: E402
 from ferkit.labels import EMOTIONS, get_label_set  # noqa: E402
 from ferkit.metrics import confusion_matrix, precision_recall_f1  # noqa: E402
+from ferkit.pipeline import default_crop  # noqa: E402
 
 
 def data_dir(arg: str | None) -> Path:
@@ -227,9 +228,8 @@ def fer2013_pipeline(clf, fer_path: Path, split: str, detector: str, base: CropS
     idx = fer.split(split)
     images = [fer.images[i] for i in idx]
     y = fer.labels[idx]
-    det = get_detector(detector)
-    dets = [(lambda d: d[0] if d else None)(detect_faces(im, det)) for im in images]
-    out = {"n": len(images), "found": float(np.mean([d is not None for d in dets]))}
+    dets, counts, _ = run_detector(images, detector)
+    out = {"n": len(images), "found": float((counts > 0).mean())}
     for key, scs in (("single", [base.scale]), ("multi", list(scales))):
         found, probs = multi_crop_probs(clf, images, dets, base, scs)
         pred = np.full(len(images), -1, np.int64)
@@ -389,7 +389,7 @@ def main(argv=None) -> int:
     results["baseline_whole_photo"] = {"accuracy": acc, "macro_f1": f1}
     default_preds = {}
     for name in dets:
-        crop = getattr(get_detector(name), "default_crop", CropSpec())
+        crop = default_crop(name)
         pred = predict_crops(clf, images, dets[name], crop)
         default_preds[name] = pred
         found = pred >= 0
@@ -416,7 +416,7 @@ def main(argv=None) -> int:
     if args.sweep_align:
         rows = []
         for name in dets:
-            base = getattr(get_detector(name), "default_crop", CropSpec())
+            base = default_crop(name)
             ref = default_preds[name]
             for al in (False, True):
                 pred = predict_crops(clf, images, dets[name], base.with_(align=al))
@@ -429,7 +429,7 @@ def main(argv=None) -> int:
     if args.sweep_crop:
         grid = parse_grid(args.sweep_crop, {"scale": float, "shift_x": float, "shift_y": float, "align": _bool})
         for name in dets:
-            base = getattr(get_detector(name), "default_crop", CropSpec())
+            base = default_crop(name)
             rows = []
             ref = default_preds[name]
             for g in grid:
@@ -448,7 +448,7 @@ def main(argv=None) -> int:
     if args.multi_crop and dets:
         scales = [float(v) for v in args.multi_crop.split(",") if v.strip()]
         name = next(iter(dets))
-        base = getattr(get_detector(name), "default_crop", CropSpec())
+        base = default_crop(name)
         ref = default_preds[name]
         found, probs = multi_crop_probs(clf, images, dets[name], base, scales)
         pred = np.full(len(images), -1, np.int64)
@@ -475,7 +475,7 @@ def main(argv=None) -> int:
     if args.sweep_preprocess:
         grid = parse_grid(args.sweep_preprocess, {"equalize": _bool, "gamma": float, "blur_sigma": float})
         name = next(iter(dets))
-        crop = getattr(get_detector(name), "default_crop", CropSpec())
+        crop = default_crop(name)
         rows = []
         for g in grid:
             spec = replace(clf.spec, **g)

@@ -33,15 +33,10 @@ def leak_masks(images: np.ndarray, labels: np.ndarray, is_train: np.ndarray):
 
     groups = duplicate_groups(images)
     n = int(groups.max()) + 1 if len(groups) else 0
-    train_count = np.bincount(groups[is_train], minlength=n)
-    in_train = train_count[groups] - is_train.astype(np.int64) > 0
-    same = np.zeros(len(images), bool)
-    for g in np.unique(groups[in_train]):  # a few hundred groups
-        members = np.flatnonzero(groups == g)
-        train_labels = set(labels[members[is_train[members]]].tolist())
-        for i in members:
-            others = train_labels if not is_train[i] else set(labels[[m for m in members if m != i and is_train[m]]].tolist())
-            same[i] = labels[i] in others
+    own = is_train.astype(np.int64)  # an image never counts as its own copy
+    in_train = np.bincount(groups[is_train], minlength=n)[groups] - own > 0
+    pair = groups * (int(labels.max()) + 1 if len(labels) else 1) + labels  # (group, label)
+    same = np.bincount(pair[is_train], minlength=int(pair.max()) + 1 if len(pair) else 0)[pair] - own > 0
     return in_train, same
 
 

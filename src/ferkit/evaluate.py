@@ -298,10 +298,9 @@ def format_comparison(rows: list[dict[str, Any]], title: str) -> str:
                      "-" if c is None else f"{c['a_only']} / {c['b_only']}",
                      "-" if c is None else f"{100 * c['paired_se']:.2f}",
                      "-" if c is None or c["paired_se"] == 0 else f"{c['difference'] / c['paired_se']:+.2f}"])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([f"## {title}", "", line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *(line(b) for b in body)])
+    from .tables import markdown_table
+
+    return "\n".join([f"## {title}", "", *markdown_table(head, body)])
 
 
 # -- reporting ---------------------------------------------------------------------------------------
