@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from .errors import FerkitError
@@ -48,14 +47,29 @@ def crop_size(size: int) -> int:
     return max(1, int(round(size * 11 / 12)))
 
 
+def _linear_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) float32 matrix of OpenCV's INTER_LINEAR along one axis (pixel centres at +0.5, edges
+    clamped), so that ``W @ row`` resizes a row of ``src`` pixels to ``dst``."""
+    pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+    lo = np.floor(pos).astype(np.int64)
+    frac = pos - lo
+    frac[lo < 0] = 0.0
+    lo = np.clip(lo, 0, src - 1)
+    frac[lo >= src - 1] = 0.0
+    hi = np.minimum(lo + 1, src - 1)
+    w = np.zeros((dst, src), np.float64)
+    rows = np.arange(dst)
+    np.add.at(w, (rows, lo), 1.0 - frac)
+    np.add.at(w, (rows, hi), frac)
+    return w.astype(np.float32)
+
+
 def _resize_stack(imgs: np.ndarray, size: int) -> np.ndarray:
-    """(N, h, w) float32 -> (N, size, size), bilinear; N images at once as the channels of one cv2 call."""
-    out = np.empty((imgs.shape[0], size, size), np.float32)
-    for lo in range(0, imgs.shape[0], 512):  # OpenCV allows at most 512 channels
-        chunk = np.ascontiguousarray(imgs[lo:lo + 512].transpose(1, 2, 0))
-        r = cv2.resize(chunk, (size, size), interpolation=cv2.INTER_LINEAR)
-        out[lo:lo + 512] = r.reshape(size, size, -1).transpose(2, 0, 1)
-    return out
+    """(N, h, w) float32 -> (N, size, size), bilinear as OpenCV's INTER_LINEAR, all N images at once as two
+    matrix products (no cv2 call: OpenCV 5 no longer takes hundreds of images as the channels of one)."""
+    ry = _linear_weights(imgs.shape[1], size)
+    rx = _linear_weights(imgs.shape[2], size)
+    return np.ascontiguousarray(ry @ imgs.astype(np.float32, copy=False) @ rx.T, dtype=np.float32)
 
 
 def tta_views(x: np.ndarray, mode: str):
