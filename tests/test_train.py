@@ -490,6 +490,20 @@ def test_augment_ops_are_seeded_and_shape_preserving():
     assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(8))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the pinned, non-blocking copies)")
+def test_augment_on_gpu_matches_cpu():
+    """The random numbers drawn on the CPU reach the GPU through pinned memory without blocking: the same seed
+    augments a batch on the GPU as on the CPU."""
+    from ferkit.augment import AUGMENT_PRESETS, AugmentConfig, Augmenter
+
+    x = torch.randn(16, 1, 48, 48)
+    for preset in ("heavy", "photo"):
+        cfg = AugmentConfig(**AUGMENT_PRESETS[preset])
+        cpu = Augmenter(cfg)(x, torch.Generator().manual_seed(4))
+        gpu = Augmenter(cfg)(x.cuda(), torch.Generator().manual_seed(4))
+        torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
+
+
 def test_photometric_jitter_changes_intensities_within_range():
     from ferkit.augment import AugmentConfig, Augmenter, photometric_jitter
     from ferkit.errors import FerkitError
