@@ -41,8 +41,8 @@ class Row:
 
 ROWS = [
     Row("gudi", "gudi", "source recipe: SGD lr 0.001 momentum 0.9 (constant), batch 50, fer7; source: 100 epochs; "
-        "stopped early on this CPU (the learning rate is constant, so that equals `--epochs N`; `--resume` "
-        "continues it), the table shows the epochs run",
+        "stopped early (on a CPU, or by `--stop-by` on a GPU; the learning rate is constant, so that equals "
+        "`--epochs N`; `--resume` continues it), the table shows the epochs run",
         "--arch gudi --epochs 100 --out runs/repro_gudi100", "74% (a different, posed data set; not FER2013)"),
     Row("oleniuk", "oleniuk", "source recipe: Adam lr 0.001, fer6 (angry+disgust), histogram cleaning, happy undersampled to 5,800",
         "--arch oleniuk --epochs 15 --out runs/repro_oleniuk", "56% (6 classes)"),
