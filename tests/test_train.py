@@ -155,7 +155,7 @@ def test_budget_epochs_fills_the_budget_with_whole_epochs():
         budget_epochs(5, 0)
 
 
-def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_path, monkeypatch):
+def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_path, monkeypatch, capsys):
     """The probe times real steps on a copy: the budgeted run then equals an --epochs run bit for bit."""
     import ferkit.train as T
 
@@ -179,6 +179,14 @@ def test_time_budget_run_is_the_run_with_the_epochs_it_chose(tiny_fer_csv, tmp_p
     assert a["epoch"] == b["epoch"] == 3
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    # --max-epochs caps what the budget chose (3 fit): the same run again with 2
+    capsys.readouterr()
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "c"), time_budget=2.5, max_epochs=2))
+    capped = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert capped["epochs"] == 2 and capped["max_epochs"] == 2
+    assert capped["time_budget_probe"]["fit"] == 3 and capped["time_budget_probe"]["epochs"] == 2
+    printed = capsys.readouterr()
+    assert "2 epochs of about" in printed.out + printed.err and "3 would fit, capped by --max-epochs" in printed.out + printed.err
     # resuming keeps the epochs the budget chose
     r = T._resume_config(T.TrainConfig(out=str(tmp_path / "b"), resume=True))[0]
     assert r.epochs == 3 and r.time_budget == 2.5
@@ -258,6 +266,8 @@ def test_auto_precision_says_when_the_cpu_trains_in_float32(tiny_fer_csv, tmp_pa
 
 @pytest.mark.parametrize("args, message", [
     (["--time-budget", "5", "--epochs", "2"], "drop --epochs"),
+    (["--max-epochs", "5"], "without --time-budget, use --epochs"),
+    (["--time-budget", "5", "--max-epochs", "0"], "--max-epochs must be >= 1"),
     (["--time-budget", "0"], "--time-budget must be a positive number"),
     (["--stop-by", "25:00"], "--stop-by takes HH:MM"),
     (["--stop-by", "2000-01-01 00:00"], "already past"),

@@ -87,7 +87,8 @@ class TrainConfig:
     ``"fill"``: every train and val face is obfuscated with :mod:`ferkit.privacy.obfuscate` before
     training, for the privacy experiment).
     Optimisation: ``epochs`` (or ``time_budget``: minutes of training on this machine; a few timed
-    steps before the run decide how many epochs fit, see :func:`budget_epochs`), ``stop_by`` (a wall-clock
+    steps before the run decide how many epochs fit, see :func:`budget_epochs`, at most ``max_epochs`` if
+    given), ``stop_by`` (a wall-clock
     deadline, ``"HH:MM"`` today or ``"YYYY-MM-DD HH:MM"``, local time: after each epoch, with its files
     written, the run stops if one more epoch as long as the last would end after it; the schedule keeps its
     planned length, so ``resume`` continues the same run), ``batch_size``
@@ -133,6 +134,7 @@ class TrainConfig:
     preprocess: dict[str, Any] | None = None
     epochs: int | None = None
     time_budget: float | None = None
+    max_epochs: int | None = None
     stop_by: str | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
@@ -173,7 +175,7 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
     "teacher_temperature": 1.0, "teacher_mode": "fixed",
-    "time_budget": None, "stop_by": None,
+    "time_budget": None, "max_epochs": None, "stop_by": None,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
@@ -249,7 +251,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     given = {k: v for k, v in asdict(config).items() if v is not None}
     recipe = dict(get_recipe(given["recipe"]).settings) if given.get("recipe") else {}
     if "time_budget" in given and "epochs" in given:
-        raise FerkitError("--time-budget chooses the number of epochs: drop --epochs (or --time-budget)")
+        raise FerkitError("--time-budget chooses the number of epochs: drop --epochs (or --time-budget), or cap "
+                          "the budget's choice with --max-epochs")
+    if "max_epochs" in given and "time_budget" not in given:
+        raise FerkitError("--max-epochs caps the epochs that --time-budget chooses; without --time-budget, use --epochs")
 
     init_meta = None
     if given.get("init"):
@@ -360,6 +365,7 @@ def _check_config(cfg: TrainConfig) -> None:
         (cfg.time_budget is None or (isinstance(cfg.time_budget, (int, float)) and math.isfinite(cfg.time_budget)
                                      and cfg.time_budget > 0),
          f"--time-budget must be a positive number of minutes, got {cfg.time_budget}"),
+        (cfg.max_epochs is None or cfg.max_epochs >= 1, f"--max-epochs must be >= 1, got {cfg.max_epochs}"),
         (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
     ]
     for ok, msg in checks:
@@ -1064,14 +1070,16 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         # the schedule needs the total step count up front, so the epochs are decided here, once
         probe = _measure_epoch(cfg, rt, model, augmenter, train_x, train_y, val_x, val_y, batch, steps_per_epoch,
                                teach)
-        epochs = budget_epochs(cfg.time_budget, probe["epoch_s"])
+        fit = budget_epochs(cfg.time_budget, probe["epoch_s"])
+        epochs = min(fit, cfg.max_epochs) if cfg.max_epochs else fit
         if epochs < 1 or epochs <= cfg.warmup_epochs:
             raise FerkitError(
                 f"--time-budget {cfg.time_budget:g} min fits {epochs} epoch(s) on this machine (about "
                 f"{probe['epoch_s']:.0f} s each; the warm-up alone is {cfg.warmup_epochs:g} epochs): give it more "
                 f"minutes, or choose a smaller network or --epochs")
         cfg = replace(cfg, epochs=epochs)
-        budget_info = {**probe, "minutes": cfg.time_budget, "epochs": epochs, "margin": BUDGET_MARGIN}
+        budget_info = {**probe, "minutes": cfg.time_budget, "epochs": epochs, "fit": fit, "max_epochs": cfg.max_epochs,
+                       "margin": BUDGET_MARGIN}
     optimizer = _make_optimizer(cfg, model)
     ema = WeightAverage(model, cfg.ema) if cfg.ema else None
     schedule = LRSchedule(cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.schedule_params)
@@ -1134,7 +1142,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
             run_info["time_budget_probe"] = budget_info
             budget_note = (f"--time-budget {cfg.time_budget:g} min: {cfg.epochs} epochs of about "
                            f"{budget_info['epoch_s']:.1f} s ({budget_info['step_s'] * 1000:.0f} ms a step, "
-                           f"measured before the run)")
+                           f"measured before the run"
+                           + (f"; {budget_info['fit']} would fit, capped by --max-epochs)"
+                              if budget_info["fit"] > cfg.epochs else ")"))
         _write_atomic(run_dir / "config.json", json.dumps(run_info, indent=1, default=str).encode())
         print(f"ferkit train: {cfg.arch} ({count_parameters(model) / 1e6:.2f} M parameters), {splits.label_set} "
               f"({num_classes} classes); train {len(splits.train)} / val {len(splits.val)} images; "

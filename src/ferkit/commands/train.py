@@ -72,6 +72,8 @@ def register(subparsers) -> None:
     g.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="instead of --epochs: time a few training steps on this machine first and train as many "
                    "epochs as fit in MINUTES (the number chosen is printed and saved in config.json)")
+    g.add_argument("--max-epochs", type=int, metavar="N",
+                   help="with --time-budget: train at most N epochs, fewer if fewer fit (e.g. on a fast GPU)")
     g.add_argument("--stop-by", metavar="TIME",
                    help="wall-clock deadline, HH:MM (today) or 'YYYY-MM-DD HH:MM', local time: stop after the last "
                    "epoch that can end by then (files written; the schedule keeps --epochs, so --resume continues)")
@@ -166,7 +168,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix", "brightness", "contrast",
               "gamma", "sharpness", "noise")
-_PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "stop_by", "resume", "init", "overwrite", "seed", "label_set", "split",
+_PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "max_epochs", "stop_by", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
           "teacher", "teacher_weight", "teacher_temperature", "teacher_mode", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
