@@ -1074,7 +1074,8 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         epochs = min(fit, cfg.max_epochs) if cfg.max_epochs else fit
         if epochs < 1 or epochs <= cfg.warmup_epochs:
             raise FerkitError(
-                f"--time-budget {cfg.time_budget:g} min fits {epochs} epoch(s) on this machine (about "
+                f"--time-budget {cfg.time_budget:g} min fits {fit} epoch(s) on this machine"
+                f"{f' (--max-epochs {cfg.max_epochs})' if cfg.max_epochs and cfg.max_epochs < fit else ''} (about "
                 f"{probe['epoch_s']:.0f} s each; the warm-up alone is {cfg.warmup_epochs:g} epochs): give it more "
                 f"minutes, or choose a smaller network or --epochs")
         cfg = replace(cfg, epochs=epochs)
