@@ -14,6 +14,10 @@
 #   WEIGHTS=fp32|half|none how best.pt comes back: as saved; with its weights in float16 (half the size, a
 #                          checkpoint that ferkit evaluate/export load as it is); or not at all (scores only).
 #                          last.pt (KEEP_LAST=1) always comes back as saved: it is for resuming.
+#   SAVE_EVERY=60          seconds between writings of the run's files (ferkit train --save-every; always after
+#                          the last epoch): on an H200, gudi's run spent 363 s for 234 s of epochs (2.2-2.7 s
+#                          each), the rest in start-up and in writing its files after every epoch (0.7 GB of
+#                          checkpoints each time). 0: every epoch.
 #   SCORE_TEST=1           also score PrivateTest (the pack must hold it) and both splits with flip and ten-crop
 #                          TTA. best.pt is chosen on PublicTest during training; the test split only reports it.
 #   OUT_MAX_FILES=8 OUT_MAX_BYTES=67108864 PIECE_BYTES=15728640
@@ -31,6 +35,7 @@ PY=${PYTHON:-python3}
 KEEP_LAST=${KEEP_LAST:-0}
 WEIGHTS=${WEIGHTS:-fp32}
 SCORE_TEST=${SCORE_TEST:-0}
+SAVE_EVERY=${SAVE_EVERY:-60}
 OUT_MAX_FILES=${OUT_MAX_FILES:-8}
 OUT_MAX_BYTES=${OUT_MAX_BYTES:-67108864}
 PIECE_BYTES=${PIECE_BYTES:-15728640}
@@ -80,7 +85,7 @@ mkdir -p "$OUT" runs
 "$PY" -c "import torch, ferkit; print('torch', torch.__version__, '| cuda:', torch.cuda.is_available(), '| ferkit from', ferkit.__file__)"
 start=$(date +%s)
 set +e
-"$PY" -m ferkit.cli train --data "$PACK" "$@" --no-progress --out "runs/$RUN" 2>&1 | tee "runs/$RUN.train.log"
+"$PY" -m ferkit.cli train --data "$PACK" --save-every "$SAVE_EVERY" "$@" --no-progress --out "runs/$RUN" 2>&1 | tee "runs/$RUN.train.log"
 rc=${PIPESTATUS[0]}
 set -e
 echo "train exit $rc after $(( $(date +%s) - start )) s"

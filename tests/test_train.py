@@ -264,10 +264,42 @@ def test_auto_precision_says_when_the_cpu_trains_in_float32(tiny_fer_csv, tmp_pa
     assert any("no fast bf16" in n and "--time-budget" in n for n in rt.notes) == (not has_bf16)
 
 
+def test_save_every_writes_the_same_files_once_at_the_end(tiny_fer_csv, tmp_path, monkeypatch):
+    """--save-every: with a long interval the files are written once, after the last epoch, and they are the
+    files an every-epoch run writes (the best epoch's weights waited in memory)."""
+    import ferkit.train as T
+
+    common = dict(data=str(tiny_fer_csv), arch=TINY, lr=0.2, augment="standard", progress=False, threads=1,
+                  seed=3, epochs=4)  # its best epoch is 2 here
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "every")))
+    writes = []
+    real = T.save_checkpoint
+
+    def recording(state, path):
+        writes.append((Path(path).name, state["epoch"]))
+        return real(state, path)
+
+    monkeypatch.setattr(T, "save_checkpoint", recording)
+    T.train(T.TrainConfig(**common, out=str(tmp_path / "once"), save_every=1e9))
+    a, b = _load(tmp_path / "every" / "best.pt"), _load(tmp_path / "once" / "best.pt")
+    assert a["epoch"] < 4, "the test needs a best epoch before the last one"
+    assert sorted(writes) == sorted([("best.pt", a["epoch"]), ("last.pt", 4)])
+    assert a["epoch"] == b["epoch"] and a["best_val_acc"] == b["best_val_acc"]
+    assert [h["epoch"] for h in b["history"]] == list(range(1, b["epoch"] + 1))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    la, lb = _load(tmp_path / "every" / "last.pt"), _load(tmp_path / "once" / "last.pt")
+    assert la["epoch"] == lb["epoch"] == 4 and la["best_epoch"] == lb["best_epoch"]
+    for k in la["model"]:
+        assert torch.equal(la["model"][k], lb["model"][k]), k
+    assert json.loads((tmp_path / "once" / "metrics.json").read_text())["best_epoch"] == a["epoch"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--time-budget", "5", "--epochs", "2"], "drop --epochs"),
     (["--max-epochs", "5"], "without --time-budget, use --epochs"),
     (["--time-budget", "5", "--max-epochs", "0"], "--max-epochs must be >= 1"),
+    (["--epochs", "1", "--save-every", "-5"], "--save-every must be a number of seconds >= 0"),
     (["--time-budget", "0"], "--time-budget must be a positive number"),
     (["--stop-by", "25:00"], "--stop-by takes HH:MM"),
     (["--stop-by", "2000-01-01 00:00"], "already past"),

@@ -91,7 +91,11 @@ class TrainConfig:
     given), ``stop_by`` (a wall-clock
     deadline, ``"HH:MM"`` today or ``"YYYY-MM-DD HH:MM"``, local time: after each epoch, with its files
     written, the run stops if one more epoch as long as the last would end after it; the schedule keeps its
-    planned length, so ``resume`` continues the same run), ``batch_size``
+    planned length, so ``resume`` continues the same run), ``save_every`` (seconds: write the run's files
+    (last.pt, best.pt, metrics, curves) after an epoch only if this long has passed since they were last
+    written, and always after the last epoch; the best epoch's weights wait in memory until then; 0, the
+    default, writes them after every epoch. For short epochs on a GPU: gudi's run on an H200 took 363 s for
+    234 s of epochs, the rest in start-up and in writing 0.7 GB of checkpoints after every epoch), ``batch_size
     (global: split across data-parallel processes),
     ``optimizer`` (adam, adamw, sgd), ``lr`` (peak), ``momentum``, ``nesterov``, ``weight_decay``
     (not applied to biases and norm parameters), ``schedule`` (constant, plateau, cosine, onecycle),
@@ -136,6 +140,7 @@ class TrainConfig:
     time_budget: float | None = None
     max_epochs: int | None = None
     stop_by: str | None = None
+    save_every: float | None = None
     batch_size: int | None = None
     eval_batch_size: int | None = None
     optimizer: str | None = None
@@ -175,12 +180,12 @@ DEFAULTS: dict[str, Any] = {
     "channels_last": True, "device": "auto", "compile": False, "progress": True, "resume": False,
     "overwrite": False, "obfuscate": None, "ferplus_weight": 0.5, "teacher": None, "teacher_weight": 0.5,
     "teacher_temperature": 1.0, "teacher_mode": "fixed",
-    "time_budget": None, "max_epochs": None, "stop_by": None,
+    "time_budget": None, "max_epochs": None, "stop_by": None, "save_every": 0.0,
 }
 
 # Fields that may change when a run is resumed (they do not change what is being trained).
 RESUME_OVERRIDABLE = {"epochs", "device", "threads", "progress", "compile", "eval_batch_size", "precision",
-                      "channels_last", "resume", "out", "overwrite", "stop_by",
+                      "channels_last", "resume", "out", "overwrite", "stop_by", "save_every",
                       "data", "ferplus"}  # another path to the same files (a pack, a copy): their sha256 is checked
 
 # Registry-info keys of an architecture that are training settings (see ferkit.models.register_model).
@@ -366,6 +371,8 @@ def _check_config(cfg: TrainConfig) -> None:
                                      and cfg.time_budget > 0),
          f"--time-budget must be a positive number of minutes, got {cfg.time_budget}"),
         (cfg.max_epochs is None or cfg.max_epochs >= 1, f"--max-epochs must be >= 1, got {cfg.max_epochs}"),
+        (isinstance(cfg.save_every, (int, float)) and math.isfinite(cfg.save_every) and cfg.save_every >= 0,
+         f"--save-every must be a number of seconds >= 0, got {cfg.save_every}"),
         (cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}"),
     ]
     for ok, msg in checks:
@@ -1164,6 +1171,9 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     kill_after = int(os.environ.get(KILL_HOOK_ENV, "0") or 0)
     deadline = parse_deadline(cfg.stop_by, allow_past=True) if cfg.stop_by else None
     stopped = None
+    last_save = time.perf_counter()  # --save-every counts from the start of the run
+    files_s = 0.0  # how long the last writing of the files took (part of an epoch's cost for --stop-by)
+    pending_best = None  # with --save-every: the best epoch's state, not yet written
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         train_model.train()
@@ -1224,7 +1234,7 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
         history.append(record)
         if deadline is not None and epoch + 1 < cfg.epochs:
             # stop if one more epoch as long as this one would end after the deadline (any process's clock)
-            late = float(_clock() + record["epoch_time_s"] > deadline)
+            late = float(_clock() + record["epoch_time_s"] + files_s > deadline)
             if _all_reduce_sum([late], rt)[0] > 0:
                 stopped = {"stop_by": cfg.stop_by, "after_epoch": epoch + 1}
 
@@ -1235,22 +1245,33 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
 
             rng_states = [None] * rt.world_size
             dist.all_gather_object(rng_states, _rng_state(gen, rt))
+        save_now = (not cfg.save_every or epoch + 1 == cfg.epochs or stopped is not None
+                    or time.perf_counter() - last_save >= cfg.save_every)
         if rt.main:
-            state = {**meta, "model": model_state(eval_model), "epoch": epoch + 1, "best_epoch": best_epoch,
-                     "best_val_acc": best_val_acc, "history": history}
+            t_files = time.perf_counter()
+            weights = model_state(eval_model) if improved or save_now else None
             if improved:
-                save_checkpoint(state, run_dir / "best.pt")
-            save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                             "scaler": scaler.state_dict() if scaler is not None else None,
-                             "train_model": model_state(model) if ema is not None else None,
-                             "rng": {"world_size": rt.world_size, "ranks": rng_states}}, run_dir / "last.pt")
-            summary = {"arch": cfg.arch, "seed": cfg.seed, "label_set": splits.label_set, "labels": list(labels),
-                       "epochs_planned": cfg.epochs, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
-                       "data_sha256": splits.info.get("data_sha256")}
-            if stopped:
-                summary["stopped"] = stopped
-            write_metrics(run_dir, history, summary)
-            plot_curves(history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.data).name} (seed {cfg.seed})")
+                pending_best = {**meta, "model": weights, "epoch": epoch + 1, "best_epoch": best_epoch,
+                                "best_val_acc": best_val_acc, "history": list(history)}
+            if save_now:
+                if pending_best is not None:
+                    save_checkpoint(pending_best, run_dir / "best.pt")
+                    pending_best = None
+                state = {**meta, "model": weights, "epoch": epoch + 1, "best_epoch": best_epoch,
+                         "best_val_acc": best_val_acc, "history": history}
+                save_checkpoint({**state, "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                                 "scaler": scaler.state_dict() if scaler is not None else None,
+                                 "train_model": model_state(model) if ema is not None else None,
+                                 "rng": {"world_size": rt.world_size, "ranks": rng_states}}, run_dir / "last.pt")
+                summary = {"arch": cfg.arch, "seed": cfg.seed, "label_set": splits.label_set, "labels": list(labels),
+                           "epochs_planned": cfg.epochs, "best_epoch": best_epoch, "best_val_acc": best_val_acc,
+                           "data_sha256": splits.info.get("data_sha256")}
+                if stopped:
+                    summary["stopped"] = stopped
+                write_metrics(run_dir, history, summary)
+                plot_curves(history, run_dir / "curves.png", f"{cfg.arch} on {Path(cfg.data).name} (seed {cfg.seed})")
+                files_s = time.perf_counter() - t_files
+                last_save = time.perf_counter()
             print(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {record['train_loss']:.4f} acc "
                   f"{100 * record['train_acc']:5.2f}%  val loss {val_loss:.4f} acc {100 * val_acc:5.2f}%  "
                   f"lr {lr:.2e}  {record['epoch_time_s']:.1f} s{'  *best' if improved else ''}", flush=True)

@@ -77,6 +77,9 @@ def register(subparsers) -> None:
     g.add_argument("--stop-by", metavar="TIME",
                    help="wall-clock deadline, HH:MM (today) or 'YYYY-MM-DD HH:MM', local time: stop after the last "
                    "epoch that can end by then (files written; the schedule keeps --epochs, so --resume continues)")
+    g.add_argument("--save-every", type=float, metavar="SECONDS",
+                   help="write the run's files (checkpoints, metrics, curves) only when this long has passed since "
+                   "the last time, and after the last epoch (default 0: after every epoch); for short epochs on a GPU")
     g.add_argument("--resume", action="store_true", default=None,
                    help="continue the run in --out from its last.pt, exactly where it stopped")
     g.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from a checkpoint or run directory "
@@ -168,7 +171,7 @@ def register(subparsers) -> None:
 
 _AUG_FLAGS = ("flip", "crop", "shift", "scale", "rotate", "erase", "mixup", "cutmix", "brightness", "contrast",
               "gamma", "sharpness", "noise")
-_PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "max_epochs", "stop_by", "resume", "init", "overwrite", "seed", "label_set", "split",
+_PLAIN = ("data", "out", "arch", "recipe", "epochs", "time_budget", "max_epochs", "stop_by", "save_every", "resume", "init", "overwrite", "seed", "label_set", "split",
           "split_seed", "limit", "skip_bad", "ferplus", "ferplus_mode", "ferplus_weight", "ferplus_protocol",
           "teacher", "teacher_weight", "teacher_temperature", "teacher_mode", "obfuscate", "batch_size", "eval_batch_size", "optimizer",
           "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "grad_clip", "ema",
