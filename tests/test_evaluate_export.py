@@ -766,6 +766,30 @@ def test_quantize_widens_a_float16_ensemble_exactly_before_quantizing(exported_p
     assert (q.predict(faces) == EmotionClassifier(half).predict(faces)).mean() >= 0.85
 
 
+def test_an_int8_ensemble_splits_into_int8_members_that_combine_back(exported_pair, tiny_run, tmp_path):
+    """`ferkit export accurate --split` on the bundled int8 files: the int8 export also quantizes the weighted sum
+    of the members' probabilities, so the members' mean differs from the file by up to a few 1/255 steps; the
+    split accepts that (and only for a quantized file), and the members, combined again, give the file's answers."""
+    from ferkit.onnx_ensemble import combine_onnx, split_ensemble
+    from ferkit.quantize import quantize_onnx
+
+    csv = tiny_run[0]
+    ens = combine_onnx(list(exported_pair[:2]), tmp_path / "ens.onnx", tta="flip")["path"]
+    quantize_onnx(ens, tmp_path / "q.onnx", data=csv, n_images=60)
+    parts = split_ensemble(tmp_path / "q.onnx", tmp_path / "parts")
+    assert len(parts) == 2
+    for part in parts:
+        assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(part)).graph.node}
+    again = combine_onnx(parts, tmp_path / "again.onnx", tta="flip")["path"]
+    faces = np.random.default_rng(8).integers(0, 256, (64, 48, 48), dtype=np.uint8)
+    p_q, p_again = EmotionClassifier(tmp_path / "q.onnx").predict_proba(faces), EmotionClassifier(again).predict_proba(faces)
+    assert np.abs(p_q - p_again).max() < 1e-2
+    assert (p_q.argmax(1) == p_again.argmax(1)).mean() >= 0.95
+    # the looser tolerance is for quantized files only: a float file held to 1e-2 would pass anything
+    with pytest.raises(FerkitError, match="differ from the mean"):
+        split_ensemble(tmp_path / "q.onnx", tmp_path / "strict", int8_atol=1e-5)  # the float tolerance: refused
+
+
 def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported_pair, tmp_path, capfd):
     from ferkit.onnx_ensemble import combine_onnx
     from ferkit.quantize import quantize_onnx
