@@ -780,7 +780,19 @@ def test_an_int8_ensemble_splits_into_int8_members_that_combine_back(exported_pa
     assert len(parts) == 2
     for part in parts:
         assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(part)).graph.node}
+        # each member keeps the ensemble's quantization record, marked as done with the whole ensemble
+        record = EmotionClassifier(part).metadata["provenance"]["quantization"]
+        assert record["mode"] == "int8" and "all members at once" in record["scope"]
     again = combine_onnx(parts, tmp_path / "again.onnx", tta="flip")["path"]
+    assert EmotionClassifier(again).metadata["provenance"]["weights_dtype"] == "int8"  # not "float32"
+    mixed = combine_onnx([parts[0], exported_pair[1]], tmp_path / "mixed.onnx")["metadata"]["provenance"]
+    assert mixed["weights_dtype"] == "mixed: int8, float32"
+    assert "quantization" not in EmotionClassifier(exported_pair[1]).metadata["provenance"]
+    from ferkit.modelcard import _quantization_lines
+
+    (line,) = _quantization_lines(mixed)  # the model card names the int8 member and where it was quantized
+    assert line.startswith("- Weights: 1 of the 2 member networks are int8") and "q.onnx, all members at once" in line
+    assert _quantization_lines(EmotionClassifier(exported_pair[1]).metadata["provenance"]) == []
     faces = np.random.default_rng(8).integers(0, 256, (64, 48, 48), dtype=np.uint8)
     p_q, p_again = EmotionClassifier(tmp_path / "q.onnx").predict_proba(faces), EmotionClassifier(again).predict_proba(faces)
     assert np.abs(p_q - p_again).max() < 1e-2

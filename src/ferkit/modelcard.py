@@ -78,7 +78,21 @@ def _quantization_lines(prov: dict) -> list[str]:
     """One line for an int8 model (``ferkit export --quantize``): what it was quantized from and on what."""
     q = prov.get("quantization")
     if not q:
-        return []
+        # an ensemble combined from members quantized each on its own (its members' weighted sum is float32)
+        quantized = [(m.get("source"), m["quantization"]) for m in prov.get("members") or [] if m.get("quantization")]
+        if not quantized:
+            return []
+        groups: dict[tuple, list[str]] = {}  # members quantized together (split out of one int8 ensemble) share a line
+        for src, mq in quantized:
+            cal = mq.get("calibration") or {}
+            how = (f"from `{mq.get('source')}` ({mq.get('scope') or 'on its own'}; {mq.get('format')}, onnxruntime "
+                   f"{mq.get('onnxruntime')}, {cal.get('method')} scales from {cal.get('images')} random "
+                   f"{cal.get('split')} faces, seed {cal.get('seed')})")
+            groups.setdefault(how, []).append(f"`{src}`")
+        return [f"- Weights: {len(quantized)} of the {len(prov['members'])} member networks are int8, quantized "
+                f"before the ensemble was combined (the weighted mean of their probabilities stays float32): "
+                + "; ".join(f"{', '.join(srcs)} {how}" for how, srcs in groups.items())
+                + "; every figure below is this file's"]
     cal = q.get("calibration") or {}
     return [f"- Weights: {q.get('mode')} ({q.get('format')}: {q.get('activations')} activations, {q.get('weights')} "
             f"weights), quantized from `{q.get('source')}` (sha256 `{str(q.get('source_sha256'))[:16]}...`"

@@ -103,12 +103,27 @@ def _extract(proto, logits: str, meta: dict[str, Any], index: int, source: str) 
     provs = (meta.get("provenance") or {}).get("members") or []
     prov = dict(provs[index]) if index < len(provs) else {}
     prov.setdefault("source", f"{source}#{index}")
+    ens_q = (meta.get("provenance") or {}).get("quantization")
+    if ens_q and not prov.get("quantization") and is_quantized(sub):
+        # quantized with the whole ensemble (``ferkit export ENSEMBLE --quantize int8``): keep that record
+        prov["quantization"] = {**ens_q, "scope": f"the ensemble {source}, all members at once"}
     sub_meta = {**{k: v for k, v in meta.items() if k != "temperature"},  # the ensemble's, not a member's
                 "arch": info.get("arch"), "arch_kwargs": info.get("arch_kwargs") or {}, "tta": "none",
                 "provenance": prov}
     set_ferkit_metadata(sub, sub_meta)
     onnx.checker.check_model(sub)
     return sub, sub_meta
+
+
+def is_quantized(proto) -> bool:
+    """Whether a graph is int8 (it has QuantizeLinear / DequantizeLinear nodes, as ``--quantize int8`` writes)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
+
+
+def _weights_dtype(members: list[Member], half: bool) -> str:
+    """How the combined file stores its members' weights: one dtype, or the members' dtypes when they differ."""
+    kinds = ["int8" if is_quantized(m.proto) else ("float16" if half else "float32") for m in members]
+    return kinds[0] if len(set(kinds)) == 1 else "mixed: " + ", ".join(kinds)
 
 
 def _expand(source: str, proto, meta: dict[str, Any], weight: float) -> list[Member]:
@@ -327,7 +342,7 @@ def combine_onnx(models: list, out_path: str | os.PathLike, *, weights: list[flo
             "data_sha256": data.get("data_sha256"), "data": data, "members": provs,
             "train_time_s": round(sum(float(p.get("train_time_s") or 0) for p in provs), 1),
             "ferkit_version": __version__, "exporter": "ferkit.onnx_ensemble.combine_onnx", "opset": opset,
-            "weights_dtype": "float16" if half else "float32", "sources": [s for s, _, _ in loaded],
+            "weights_dtype": _weights_dtype(members, half), "sources": [s for s, _, _ in loaded],
             "export_date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
@@ -360,8 +375,7 @@ def split_ensemble(model, out_dir: str | os.PathLike, *, atol: float = 1e-5, int
         raise FerkitError(f"{source} is a single network ({meta.get('arch')}), not an ensemble")
     members = _expand(source, proto, meta, 1.0)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-    _verify(proto, members, spec, int8_atol if quantized else atol)
+    _verify(proto, members, spec, int8_atol if is_quantized(proto) else atol)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FerkitError(f"{out} exists and is not a directory")
