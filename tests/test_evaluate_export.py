@@ -785,6 +785,9 @@ def test_an_int8_ensemble_splits_into_int8_members_that_combine_back(exported_pa
         assert record["mode"] == "int8" and "all members at once" in record["scope"]
     again = combine_onnx(parts, tmp_path / "again.onnx", tta="flip")["path"]
     assert EmotionClassifier(again).metadata["provenance"]["weights_dtype"] == "int8"  # not "float32"
+    with pytest.raises(FerkitError, match="already quantized"):  # int8 inside, though the file has no record of its own
+        quantize_onnx(again, tmp_path / "twice.onnx", data=csv, n_images=60)
+    assert not (tmp_path / "twice.onnx").exists()
     mixed = combine_onnx([parts[0], exported_pair[1]], tmp_path / "mixed.onnx")["metadata"]["provenance"]
     assert mixed["weights_dtype"] == "mixed: int8, float32"
     assert "quantization" not in EmotionClassifier(exported_pair[1]).metadata["provenance"]

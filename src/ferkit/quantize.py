@@ -76,7 +76,7 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
     from .data.fer2013 import file_sha256
     from .export import set_ferkit_metadata
     from .metrics import softmax
-    from .onnx_ensemble import _load, _out_path, _session, _write, float_weights
+    from .onnx_ensemble import _load, _out_path, _session, _write, float_weights, is_quantized
 
     out = _out_path(out_path)
     source_path = resolve_model_path(model)
@@ -84,6 +84,8 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
     prov = dict(meta.get("provenance") or {})
     if prov.get("quantization"):
         raise FerkitError(f"{source} is already quantized ({prov['quantization'].get('mode')})")
+    if is_quantized(proto):  # e.g. an ensemble combined from int8 networks: no record of its own, int8 inside
+        raise FerkitError(f"{source} is already quantized (it has QuantizeLinear/DequantizeLinear nodes)")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     faces, calib = calibration_faces(data, n_images, seed)
     data_sha = (prov.get("data") or {}).get("data_sha256") or prov.get("data_sha256")
