@@ -82,7 +82,7 @@ def _quantization_lines(prov: dict) -> list[str]:
         quantized = [(m.get("source"), m["quantization"]) for m in prov.get("members") or [] if m.get("quantization")]
         if not quantized:
             return []
-        groups: dict[tuple, list[str]] = {}  # members quantized together (split out of one int8 ensemble) share a line
+        groups: dict[str, list[str]] = {}  # members quantized together (split out of one int8 ensemble) share a line
         for src, mq in quantized:
             cal = mq.get("calibration") or {}
             how = (f"from `{mq.get('source')}` ({mq.get('scope') or 'on its own'}; {mq.get('format')}, onnxruntime "
