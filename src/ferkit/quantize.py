@@ -82,10 +82,9 @@ def quantize_onnx(model, out_path: str | os.PathLike, *, data, mode: str = "int8
     source_path = resolve_model_path(model)
     source, proto, meta = _load(model)
     prov = dict(meta.get("provenance") or {})
-    if prov.get("quantization"):
-        raise FerkitError(f"{source} is already quantized ({prov['quantization'].get('mode')})")
-    if is_quantized(proto):  # e.g. an ensemble combined from int8 networks: no record of its own, int8 inside
-        raise FerkitError(f"{source} is already quantized (it has QuantizeLinear/DequantizeLinear nodes)")
+    if prov.get("quantization") or is_quantized(proto):  # the graph too: an ensemble of int8 networks has no record
+        mode = (prov.get("quantization") or {}).get("mode") or "QuantizeLinear/DequantizeLinear nodes"
+        raise FerkitError(f"{source} is already quantized ({mode})")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     faces, calib = calibration_faces(data, n_images, seed)
     data_sha = (prov.get("data") or {}).get("data_sha256") or prov.get("data_sha256")
