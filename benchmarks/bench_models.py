@@ -31,8 +31,6 @@ import tempfile
 import time
 import warnings
 
-import numpy as np
-
 
 def count_macs(model) -> int:
     """Multiply-accumulates per face of all Conv2d and Linear layers (one (1, 1, 48, 48) forward)."""

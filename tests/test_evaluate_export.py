@@ -806,7 +806,6 @@ def test_an_int8_ensemble_splits_into_int8_members_that_combine_back(exported_pa
 
 
 def test_quantize_refuses_bad_input_and_leaves_nothing_behind(tiny_run, exported_pair, tmp_path, capfd):
-    from ferkit.onnx_ensemble import combine_onnx
     from ferkit.quantize import quantize_onnx
 
     csv, _, source, _ = tiny_run

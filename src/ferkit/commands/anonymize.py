@@ -11,7 +11,6 @@ reported on stderr in one line and the rest are processed; the exit code is then
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
