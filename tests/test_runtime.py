@@ -266,3 +266,21 @@ def test_predict_proba_prepared_takes_the_same_steps_as_predict_proba():
     assert calibrated.temperature != 1.0
     assert not np.allclose(calibrated.predict_proba_prepared(prepare_faces(faces, calibrated.spec)),
                            EmotionClassifier(temperature=1.0).predict_proba(faces), atol=1e-4)
+
+
+def test_public_names_are_listed_and_star_import_gives_the_lazy_ones():
+    code = (
+        "import sys, ferkit\n"
+        "assert 'ferkit.pipeline' not in sys.modules  # import ferkit stays light\n"
+        "listed = dir(ferkit)\n"
+        "assert {'analyze', 'FaceResult', 'EmotionClassifier', 'EMOTIONS'} <= set(listed), listed\n"
+        "ns = {}\n"
+        "exec('from ferkit import *', ns)\n"
+        "assert callable(ns['analyze']) and ns['FaceResult'].__name__ == 'FaceResult'\n"
+        "assert ns['EmotionClassifier'].__name__ == 'EmotionClassifier'\n"
+        "assert ns['EMOTIONS'][0] == 'angry'\n"
+        "print('OK')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "OK"

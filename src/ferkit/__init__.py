@@ -9,7 +9,10 @@ from .preprocess import PreprocessSpec, prepare_faces
 
 __version__ = "0.1.0"
 
+_LAZY = ("EmotionClassifier", "FaceResult", "analyze")  # imported on first use, see __getattr__
+
 __all__ = [
+    *_LAZY,
     "EMOTIONS",
     "FERPLUS_EMOTIONS",
     "LABEL_SETS",
@@ -30,3 +33,7 @@ def __getattr__(name):  # lazy: keep `import ferkit` light
 
         return getattr(pipeline, name)
     raise AttributeError(f"module 'ferkit' has no attribute {name!r}")
+
+
+def __dir__():  # help(), tab completion and dir() list the lazy names too
+    return sorted(set(globals()) | set(_LAZY))
