@@ -353,6 +353,28 @@ def test_real_detectors_find_faces_in_photos(faces_dev):
     assert detect_faces(np.full((300, 300, 3), 127, np.uint8), "haar") == []
 
 
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("detector", ["haar", "yunet"])
+def test_analyze_from_several_threads_gives_the_one_thread_answers(faces_dev, detector):
+    # OpenCV's Haar cascade is not thread-safe: before its lock, 6 threads got other boxes on most photos
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        get_detector(detector)
+    except FerkitError:
+        pytest.skip(f"{detector} not installed")
+    photos = [read_image(p) for p in real_photos(faces_dev, 24)]
+
+    def run(img):
+        return [(f.box, f.emotion, round(f.score, 5)) for f in ferkit.analyze(img, detector=detector)]
+
+    alone = [run(img) for img in photos]
+    assert sum(bool(r) for r in alone) >= 20
+    for _ in range(2):
+        with ThreadPoolExecutor(6) as ex:
+            assert list(ex.map(run, photos)) == alone
+
 # ----------------------------------------------------------------------------------------- pipeline
 def test_analyze_api(analyzer, tmp_path):
     img = scene(squares=((200, 100, 60), (30, 40, 100)))

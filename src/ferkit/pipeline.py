@@ -131,7 +131,8 @@ class Analyzer:
     tta:          the classifier's test-time augmentation (None: the model's default).
     """
 
-    thread_safe = False  # YuNet and the Haar cascade keep per-object state; callers serialise
+    thread_safe = False  # the detectors serialise their own calls (a lock each), so ferkit.analyze may be called
+    # from several threads; the server keeps one analysis at a time per worker (the setting docs/bench_server.txt measured)
 
     def __init__(self, model=None, *, detector="auto", min_face: int = 0, confidence: float | None = None,
                  largest_only: bool = False, crop: CropSpec | None = None, align: bool | None = None,
