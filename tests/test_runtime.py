@@ -240,6 +240,13 @@ def test_real_bundled_default_model_if_shipped():
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
 
 
+def run_fresh_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (nothing imported yet); its stdout, stripped; it must exit 0."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_runtime_never_imports_torch(linear_model):
     path = linear_model[0]
     code = (
@@ -251,9 +258,7 @@ def test_runtime_never_imports_torch(linear_model):
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
         "print('TORCH' if bad else 'NO-TORCH')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "NO-TORCH"
+    assert run_fresh_python(code) == "NO-TORCH"
 
 
 def test_predict_proba_prepared_takes_the_same_steps_as_predict_proba():
@@ -281,6 +286,4 @@ def test_public_names_are_listed_and_star_import_gives_the_lazy_ones():
         "assert ns['EMOTIONS'][0] == 'angry'\n"
         "print('OK')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "OK"
+    assert run_fresh_python(code) == "OK"
