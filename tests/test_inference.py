@@ -353,7 +353,6 @@ def test_real_detectors_find_faces_in_photos(faces_dev):
     assert detect_faces(np.full((300, 300, 3), 127, np.uint8), "haar") == []
 
 
-
 @pytest.mark.realdata
 @pytest.mark.parametrize("detector", ["haar", "yunet"])
 def test_analyze_from_several_threads_gives_the_one_thread_answers(faces_dev, detector):
@@ -374,6 +373,7 @@ def test_analyze_from_several_threads_gives_the_one_thread_answers(faces_dev, de
     for _ in range(2):
         with ThreadPoolExecutor(6) as ex:
             assert list(ex.map(run, photos)) == alone
+
 
 # ----------------------------------------------------------------------------------------- pipeline
 def test_analyze_api(analyzer, tmp_path):

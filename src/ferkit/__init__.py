@@ -9,7 +9,8 @@ from .preprocess import PreprocessSpec, prepare_faces
 
 __version__ = "0.1.0"
 
-_LAZY = ("EmotionClassifier", "FaceResult", "analyze")  # imported on first use, see __getattr__
+# imported on first use (see __getattr__), so `import ferkit` stays light: name -> the submodule that defines it
+_LAZY = {"EmotionClassifier": "runtime", "FaceResult": "pipeline", "analyze": "pipeline"}
 
 __all__ = [
     *_LAZY,
@@ -23,15 +24,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name):  # lazy: keep `import ferkit` light
-    if name == "EmotionClassifier":
-        from .runtime import EmotionClassifier
+def __getattr__(name):
+    if name in _LAZY:
+        from importlib import import_module
 
-        return EmotionClassifier
-    if name in ("analyze", "FaceResult"):
-        from . import pipeline
-
-        return getattr(pipeline, name)
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'ferkit' has no attribute {name!r}")
 
 

@@ -130,11 +130,10 @@ class YuNetDetector:
 
     def _detect_rows(self, img: np.ndarray) -> np.ndarray:
         """int16 (N, 16) rows for a contiguous BGR uint8 image, without the binding's per-call leak."""
-        if self._cnn is None:
-            with self._lock:
-                return np.asarray(self._yu.detect(img)).reshape(-1, 16)
         h, w = img.shape[:2]
-        with self._lock:  # one result buffer per detector
+        with self._lock:  # one result buffer per detector (and the plain binding is not known to be thread-safe)
+            if self._cnn is None:
+                return np.asarray(self._yu.detect(img)).reshape(-1, 16)
             res = self._cnn(self._buffer.ctypes.data, img.ctypes.data, w, h, w * 3)
             n = int(res[0]) if res else 0
             offset = ctypes.addressof(res.contents) - self._buffer.ctypes.data + 4 if n else 0
