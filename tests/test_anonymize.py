@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ferkit.cli import main as cli_main
+from ferkit.commands.anonymize import MANIFEST
 from ferkit.errors import FerkitError
 from ferkit.faces import Detection
 from ferkit.io import read_image
@@ -368,8 +369,15 @@ def test_cli_folder_with_a_corrupt_file(tmp_path, faces_dev, capsys):
     # --save inside the source folder: a second run skips the first run's outputs instead of re-reading them
     for _ in range(2):
         assert cli_main(["anonymize", str(src), "--save", str(src / "anon"), "--quiet"]) == 1
-    assert sorted(str(p.relative_to(src / "anon")) for p in (src / "anon").rglob("*") if p.is_file()) == written
+    assert sorted(str(p.relative_to(src / "anon")) for p in (src / "anon").rglob("*")
+                  if p.is_file() and p.name != MANIFEST) == written
+    assert set(written) <= set((src / "anon" / MANIFEST).read_text().splitlines())
+    # ... but a sub-folder of originals is refused as --save: they would be skipped and could be overwritten
     capsys.readouterr()
+    trip_before = {p: p.read_bytes() for p in (src / "trip").rglob("*") if p.is_file()}
+    assert cli_main(["anonymize", str(src), "--save", str(src / "trip"), "--quiet"]) == 2
+    assert "did not write there" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (src / "trip").rglob("*") if p.is_file()} == trip_before
 
 
 def test_cli_folder_without_real_data(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,9 @@ drawn cartoon); real detectors are tested on faces-dev photos when ../shared/dat
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -170,10 +172,13 @@ def test_array_conversions_share_one_dtype_rule():
     from ferkit.preprocess import to_gray, to_uint8
 
     assert as_gray is to_gray
-    assert to_uint8(np.array([0, 256, 65535], np.uint16)).tolist() == [0, 1, 255]
-    assert to_uint8(np.array([-0.5, 0.5, 2.0])).tolist() == [0, 128, 255]
+    assert to_uint8(np.array([0, 256, 65535], np.uint16)).tolist() == [0, 1, 255]  # 16-bit values
+    assert to_uint8(np.array([0, 100, 255], np.uint16)).tolist() == [0, 100, 255]  # 8-bit values in uint16
+    assert to_uint8(np.array([-0.5, 0.5, 1.0])).tolist() == [0, 128, 255]  # floats in 0..1
+    assert to_uint8(np.array([-0.5, 0.5, 2.0, 300.0, np.nan])).tolist() == [0, 1, 2, 255, 0]  # floats in 0..255
     assert to_uint8(np.array([False, True])).tolist() == [0, 255]
-    assert to_uint8(np.array([-3, 7, 300])).tolist() == [0, 7, 255]
+    assert to_uint8(np.array([-3, 7, 255])).tolist() == [0, 7, 255]
+    assert to_uint8(np.array([-3, 7, 300, 65535])).tolist() == [0, 0, 1, 255]  # int32 holding 16-bit values
     bgr = np.zeros((4, 5, 3), np.float32)
     bgr[..., 2] = 1.0  # pure red in BGR order
     assert to_gray(bgr).shape == (4, 5) and int(to_gray(bgr)[0, 0]) == 76  # 0.299 * 255
@@ -229,6 +234,48 @@ def test_exif_orientation_png(tmp_path):
     got = decode_image(data)
     assert got.shape == (80, 40, 3)
     assert (got == cv2.rotate(raw, cv2.ROTATE_90_CLOCKWISE)).all()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_tiff_is_applied_once(orientation, mode):
+    """OpenCV's TIFF decoder already turns a TIFF upright: ferkit must not turn it a second time."""
+    from PIL import Image, ImageOps
+    raw = _asymmetric()[:, :, ::-1]  # RGB for PIL
+    pil = Image.fromarray(raw).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    pil.save(buf, format="TIFF", exif=exif.tobytes(), compression="tiff_lzw")
+    data = buf.getvalue()
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))[:, :, ::-1]
+    got = decode_image(data)
+    assert got.shape == want.shape
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_analyze_takes_pil_images_and_arrays_as_their_files_read(tmp_path, model_path):
+    """A PIL image with an EXIF orientation, a 16-bit PIL image and float/uint16 arrays holding 0..255 values
+    give the same faces as the file itself (they used to give none: sideways, or a white image)."""
+    from PIL import Image
+
+    img = scene(squares=((60, 50, 80),))
+    a = pipeline.Analyzer(str(model_path), detector=SquareDetector())
+    want = [(f.box, f.emotion) for f in a.analyze(img)]
+    assert len(want) == 1
+    stored = cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)  # stored sideways, orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored[:, :, ::-1]).save(tmp_path / "o6.jpg", exif=exif.tobytes(), quality=95)
+    for source in (tmp_path / "o6.jpg", Image.open(tmp_path / "o6.jpg")):
+        assert [f.box for f in a.analyze(source)] == [w[0] for w in want], source
+    gray16 = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "g16.png"), gray16)
+    from_file = [(f.box, f.emotion) for f in a.analyze(tmp_path / "g16.png")]
+    assert from_file and [(f.box, f.emotion) for f in a.analyze(Image.open(tmp_path / "g16.png"))] == from_file
+    for arr in (img.astype(np.float32), img.astype(np.float64) / 255.0, img.astype(np.uint16),
+                img.astype(np.uint16) * 257):
+        assert [(f.box, f.emotion) for f in a.analyze(arr)] == want, arr.dtype
 
 
 def test_bad_image_files_are_clear_errors(tmp_path):
@@ -530,6 +577,59 @@ def test_predict_bad_files_among_good(tmp_path, capsys, use_square_detector, mod
     assert len(errors) == 4 and all(l.startswith("ferkit: error: ") for l in errors)
     assert any("broken.jpg" in l for l in errors) and any("missing.jpg" in l for l in errors)
     assert len(cap.out.splitlines()) == 3  # the good images were all processed
+
+
+def test_predict_save_never_overwrites_a_source(tmp_path, capsys, use_square_detector, model_path):
+    """--save into the photos' own folder: the annotated copies take new names, every original stays."""
+    d = _write_set(tmp_path)
+    (d / "sub").mkdir()
+    cv2.imwrite(str(d / "sub" / "one.jpg"), scene(squares=((30, 30, 90),)))  # same name as d/one.jpg
+    cv2.imwrite(str(d / "one-2.jpg"), scene(squares=((150, 60, 60),)))  # the name a clash would pick
+    originals = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert cli_main(["predict", str(d), "--model", str(model_path), "--save", str(d), "--quiet"]) == 0
+    capsys.readouterr()
+    assert {p: p.read_bytes() for p in originals} == originals
+    new = sorted(p.name for p in d.iterdir() if p.is_file() and p not in originals)
+    assert len(new) == 5  # one annotated copy per source, none written over another
+
+
+def test_predict_file_names_that_are_not_utf8(tmp_path, capsys, use_square_detector, model_path):
+    """A Latin-1 file name (from an old archive) used to crash the process inside OpenCV (segmentation fault)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    latin1 = os.fsdecode(b"caf\xe9")
+    try:
+        cv2.imwrite(str(d / "plain.png"), scene(squares=((60, 50, 80),)))
+        (d / f"{latin1}.png").write_bytes((d / "plain.png").read_bytes())
+        (d / f"{latin1}.mp4").write_bytes(b"\x00" * 64)
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system does not take file names that are not UTF-8")
+    code = (f"import sys; from ferkit.cli import main; "
+            f"sys.exit(main(['predict', {str(d)!r}, '--model', {str(model_path)!r}, '--detector', 'none', "
+            f"'--save', {str(tmp_path / 'out')!r}, '--json']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, errors="replace")
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the video fails with a message, no crash
+    assert "not valid UTF-8" in proc.stderr and proc.stderr.count("ferkit: error:") == 1
+    assert len(proc.stdout.splitlines()) == 2  # both images analysed
+    assert sorted(os.fsencode(p.name) for p in (tmp_path / "out").iterdir()) == [b"caf\xe9.png", b"plain.png"]
+
+
+def test_output_paths_that_cannot_be_written_are_usage_errors(tmp_path, capsys, model_path):
+    img = tmp_path / "x.png"
+    cv2.imwrite(str(img), scene())
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    for args, msg in [(["--save", str(afile)], "is a file"), (["--csv", str(tmp_path)], "is a folder"),
+                      (["--csv", str(afile / "x.csv")], "afile is a file"),
+                      (["--save", str(afile / "sub")], "cannot create the folder")]:
+        assert cli_main(["predict", str(img), "--model", str(model_path), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("ferkit: error: ") and msg in err and "Traceback" not in err, err
+    assert cli_main(["anonymize", str(img), "--save", str(tmp_path / "o"), "--csv", str(tmp_path)]) == 2
+    assert cli_main(["anonymize", str(img), "--save", str(afile / "sub")]) == 2
+    assert cli_main(["predict", str(img), "--max-frames", "0", "--model", str(model_path)]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert afile.read_text() == "keep me"
 
 
 def test_predict_usage_errors(tmp_path, capsys, model_path):

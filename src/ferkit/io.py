@@ -217,8 +217,79 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise FerkitError(
             f"{name}: cannot decode the file as an image (corrupt, or not an image; supported: JPEG, PNG, WebP, BMP, TIFF)"
         )
-    img = apply_orientation(img, exif_orientation(data))
+    if data[:4] not in (b"II*\x00", b"MM\x00*"):  # OpenCV's TIFF decoder turns TIFFs upright itself
+        img = apply_orientation(img, exif_orientation(data))
     return np.ascontiguousarray(to_bgr8(img))
+
+
+#: the image formats :func:`write_image` writes (``--save`` turns other formats into .png)
+IMAGE_WRITE_EXTS = frozenset(".jpg .jpeg .jpe .png .webp .bmp .tif .tiff".split())
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> None:
+    """Write ``image`` (uint8 BGR or gray) to ``path``, creating its folder; the format follows the extension.
+
+    The image is encoded in memory and its bytes written by Python, so any file name the system accepts
+    works (OpenCV's own file functions crash on names that are not valid UTF-8). Raises
+    :class:`~ferkit.errors.FerkitError` when the format is not one of :data:`IMAGE_WRITE_EXTS` or the file
+    cannot be written.
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in IMAGE_WRITE_EXTS:
+        raise FerkitError(f"cannot write {p}: unknown image extension {ext or '(none)'!r}; "
+                          f"use one of {' '.join(sorted(IMAGE_WRITE_EXTS))}")
+    params: list[int] = []
+    if ext in (".jpg", ".jpeg", ".jpe"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    elif ext == ".webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, int(jpeg_quality)]
+    try:
+        ok, encoded = cv2.imencode(ext, image, params)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise FerkitError(f"cannot write {p}: OpenCV could not encode the image as {ext}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(encoded.tobytes())
+    except OSError as e:
+        raise FerkitError(f"cannot write {p}: {e.strerror or e}") from None
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest ancestor of ``path`` (or ``path`` itself) that exists and is not a folder, if any."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def make_output_folder(folder: str | os.PathLike, what: str = "--save") -> None:
+    """Create an output folder (``--save``), or say in one line why it cannot be."""
+    p = Path(folder)
+    blocker = _file_in_the_way(p)
+    if blocker == p:
+        raise FerkitError(f"{what} {p} is a file; give a folder")
+    if blocker is not None:
+        raise FerkitError(f"{what} {p}: cannot create the folder, {blocker} is a file")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FerkitError(f"{what} {p}: cannot create the folder ({e.strerror or e})") from None
+
+
+def open_text_output(path: str | os.PathLike, what: str = "output"):
+    """Open ``path`` for writing text (a CSV or a report), creating its folder; one-line
+    :class:`~ferkit.errors.FerkitError` naming ``what`` (e.g. ``--csv``) when it cannot."""
+    p = Path(path)
+    if p.is_dir():
+        raise FerkitError(f"{what} {p} is a folder; give a file name")
+    make_output_folder(p.parent, f"{what} {p}: its folder")
+    try:
+        return open(p, "w", newline="")
+    except OSError as e:
+        raise FerkitError(f"{what} {p}: cannot write the file ({e.strerror or e})") from None
 
 
 #: the largest image fetched from a URL (bytes), and the seconds allowed for it

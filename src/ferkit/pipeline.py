@@ -97,8 +97,13 @@ def _to_image(image, channels: str) -> np.ndarray:
 
         return decode_image(image, "image bytes")
     if hasattr(image, "convert") and hasattr(image, "mode") and hasattr(image, "getbands"):  # a PIL image
-        if image.mode in ("L", "1", "I", "I;16", "F"):
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)  # upright, as a path to the same file is read
+        if image.mode == "1" or image.mode == "L":
             return as_bgr(np.asarray(image.convert("L")))
+        if image.mode in ("I", "F") or image.mode.startswith("I;16"):  # 16-bit and float gray: by value range
+            return as_bgr(np.asarray(image))
         return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
     if not isinstance(image, np.ndarray):
         raise FerkitError(f"analyze() takes a path, encoded image bytes, a PIL image or a numpy image array, "
@@ -246,7 +251,9 @@ def analyze(image, *, model=None, detector="auto", min_face: int = 0, confidence
     """Emotions of every face in ``image``.
 
     image:    a file path, encoded image bytes, a PIL image, or an image array: BGR (OpenCV, the default),
-              RGB (pass ``channels='rgb'``), gray (H, W) or BGRA; uint8, uint16 or float in 0..1.
+              RGB (pass ``channels='rgb'``), gray (H, W) or BGRA; uint8, 16-bit integers, or floats in
+              0..1 or 0..255 (see :func:`ferkit.preprocess.to_uint8`). A PIL image is turned upright by its
+              EXIF orientation, as a path to the same file is.
     model:    None (the bundled model), a bundled name, an ``.onnx`` path, or a classifier object.
     detector, min_face, confidence, largest_only, crop, align: see :class:`Analyzer`.
 

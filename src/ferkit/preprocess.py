@@ -52,22 +52,30 @@ DEFAULT_SPEC = PreprocessSpec()
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Any image array -> uint8 of the same shape: uint16 keeps its high byte, floats are taken to lie in
-    0..1, booleans become 0/255, other integers are clipped to 0..255."""
+    """Any image array -> uint8 of the same shape, by its values' range:
+
+    - floats: 0..1 when the largest value is at most 1 (scaled by 255), else already 0..255 (as from
+      ``img.astype(np.float32)``); NaN counts as 0;
+    - integers (uint16, int32, ...): 8-bit values when none exceeds 255, else 16-bit ones (divided by 257,
+      so 65535 becomes 255);
+    - booleans: 0 / 255. Out-of-range values are clipped.
+    """
     img = np.asarray(image)
     if img.dtype == np.uint8:
         return img
-    if img.dtype == np.uint16:
-        return (img >> 8).astype(np.uint8)
-    if img.dtype.kind == "f":
-        return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if img.dtype == np.bool_:
         return img.astype(np.uint8) * 255
+    if img.dtype.kind == "f":
+        img = np.nan_to_num(img.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        scale = 255.0 if img.size == 0 or float(img.max()) <= 1.0 else 1.0
+        return np.clip(img * scale + 0.5, 0, 255).astype(np.uint8)
+    if img.size and int(img.max()) > 255:
+        return np.clip(img.astype(np.float32) / 257.0 + 0.5, 0, 255).astype(np.uint8)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
-    """Any image array (gray, BGR, BGRA; uint8, uint16, bool or float in 0..1) -> 2-D uint8 grayscale.
+    """Any image array (gray, BGR, BGRA; any dtype, see :func:`to_uint8`) -> 2-D uint8 grayscale.
 
     Colour arrays are taken to be in OpenCV's BGR(A) order.
     """

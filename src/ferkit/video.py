@@ -43,6 +43,17 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------ sources
+def _check_cv2_path(path) -> None:
+    """OpenCV's video functions take a file name as UTF-8 and crash the process (a segmentation fault) on one
+    that is not valid UTF-8 (e.g. Latin-1 bytes from an old archive): refuse such a name in one line."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fspath(path).encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        raise FerkitError(f"{shown}: OpenCV cannot open a video whose file name is not valid UTF-8; "
+                          "rename the file") from None
+
+
 def _open_capture(target) -> "cv2.VideoCapture":
     """cv2.VideoCapture without OpenCV's own warnings on stderr (a failure becomes our one-line error)."""
     log = getattr(getattr(cv2, "utils", None), "logging", None)
@@ -53,6 +64,8 @@ def _open_capture(target) -> "cv2.VideoCapture":
             log.setLogLevel(log.LOG_LEVEL_ERROR)
         except (AttributeError, cv2.error):
             prev = None
+    if not isinstance(target, int):
+        _check_cv2_path(target)
     try:
         return cv2.VideoCapture(target)
     finally:
@@ -87,8 +100,8 @@ class FrameReader:
                 raise FerkitError(f"{target}: no such video file")
         if stride < 1:
             raise FerkitError(f"stride must be at least 1, got {stride}")
-        if max_frames is not None and max_frames < 0:
-            raise FerkitError(f"max_frames must be >= 0, got {max_frames}")
+        if max_frames is not None and max_frames < 1:
+            raise FerkitError(f"max_frames must be at least 1, got {max_frames}")
         self.max_frames = max_frames
         self.stride = int(stride)
         self._cap = _open_capture(target)
@@ -157,7 +170,10 @@ class VideoSink:
         if self._writer is None:
             h, w = frame.shape[:2]
             self.size = (w, h)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            from .io import make_output_folder
+
+            make_output_folder(self.path.parent, "the video's folder")
+            _check_cv2_path(self.path)
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
             if not self._writer.isOpened():
                 self._writer = None
@@ -552,8 +568,9 @@ def plot_timeline(timeline: Timeline, labels: Sequence[str], path: str | os.Path
 
 def open_csv(path: str | os.PathLike, labels: Sequence[str]):
     """Open ``path`` for the per-face CSV and write its header. Returns (file, csv.writer)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    f = open(path, "w", newline="")
+    from .io import open_text_output
+
+    f = open_text_output(path, "--csv")
     w = csv.writer(f)
     w.writerow(CSV_COLUMNS(labels))
     return f, w

@@ -3,7 +3,10 @@
 Each image is written under ``--save`` with its name (folders keep their sub-folder paths; images in a
 format OpenCV cannot write become .png); each video becomes ``NAME.mp4`` (codec mp4v) with the input's
 frame count and frame rate; a camera index N becomes ``cameraN.mp4`` (stop with Ctrl+C or --max-frames).
-Sources are never overwritten: ``--save`` may not be a source folder or the folder of a source file.
+Sources are never overwritten: ``--save`` may not be a source folder or the folder of a source file. A
+``--save`` folder inside a source folder is allowed; ferkit lists what it writes there in a hidden file
+(``MANIFEST``) so that a later run skips those outputs, and refuses such a folder while it holds images or
+videos ferkit did not write (originals that would be skipped and could be overwritten).
 
 Output: one line per image (faces hidden) and a summary per video; ``--json``: one JSON object per image or
 video; ``--csv FILE``: one row per hidden region (per frame for videos). A source that cannot be read is
@@ -12,6 +15,7 @@ reported on stderr in one line and the rest are processed; the exit code is then
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 DETECTOR_CHOICES = ("auto", "yunet", "haar")
 CSV_COLUMNS = ["source", "output", "frame", "kind", "x", "y", "w", "h", "face_x", "face_y", "face_w", "face_h",
@@ -106,8 +110,8 @@ def _check_args(args) -> None:
         raise FerkitError(f"--min-face must be >= 0 pixels, got {args.min_face}")
     if args.hold is not None and args.hold < 0:
         raise FerkitError(f"--hold must be >= 0 frames, got {args.hold}")
-    if args.max_frames is not None and args.max_frames < 0:
-        raise FerkitError(f"--max-frames must be >= 0, got {args.max_frames}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise FerkitError(f"--max-frames must be at least 1, got {args.max_frames}")
 
 
 # ------------------------------------------------------------------------------------ planning outputs
@@ -134,11 +138,23 @@ def _inside(path, folder) -> bool:
         return False
 
 
-def plan(specs, save, recursive: bool = True):
-    """Sources and where each goes: a list of (Source, relative output path or None for cameras), the
-    expansion errors [(spec, message)], and how many files were skipped (neither image nor video, or
-    already inside ``save``). Raises FerkitError when ``save`` is a source folder, a source file or a source
-    file's folder (the outputs would overwrite the originals)."""
+#: in a --save folder that lies inside a source folder: the outputs ferkit wrote there, one relative path a line
+MANIFEST = ".ferkit-anonymize-outputs"
+
+
+@dataclass
+class Plan:
+    items: list  # (Source, relative output path or None for a camera)
+    errors: list  # (spec, message) for the parts that name nothing
+    skipped: int  # files that are neither images nor videos, or lie inside --save
+    inside_save: list  # the image and video files found inside --save (a folder inside a source folder)
+
+
+def plan(specs, save, recursive: bool = True) -> Plan:
+    """Sources and where each goes (:class:`Plan`). Media files that already lie inside ``save`` (when it is
+    inside a source folder) are not sources: they are listed in ``inside_save``. Raises FerkitError when
+    ``save`` is a source folder, a source file or a source file's folder (the outputs would overwrite the
+    originals)."""
     import os
     from pathlib import Path
 
@@ -146,7 +162,7 @@ def plan(specs, save, recursive: bool = True):
     from ..io import expand_sources
 
     save_r = Path(save).resolve() if save is not None else None
-    items, errors, skipped = [], [], 0
+    items, errors, skipped, inside = [], [], 0, []
     for spec in specs:
         s = os.fspath(spec)
         p = Path(s)
@@ -173,14 +189,75 @@ def plan(specs, save, recursive: bool = True):
                 continue
             sp = Path(src.path)
             if save_r is not None and _inside(sp.resolve(), save_r):
-                skipped += 1  # an output of an earlier run, inside a source folder
+                skipped += 1  # an earlier run's output (or an original: run() checks MANIFEST)
+                inside.append(sp.resolve())
                 continue
             try:
                 rel = sp.relative_to(root) if p.is_dir() or not p.exists() else Path(sp.name)
             except ValueError:
                 rel = Path(sp.name)
             items.append((src, rel))
-    return items, errors, skipped
+    return Plan(items, errors, skipped, inside)
+
+
+def check_inside_save(save, inside) -> None:
+    """Refuse a --save folder inside a source folder that already holds images or videos ferkit did not
+    write there (they are originals: they would be neither anonymised nor safe from being overwritten)."""
+    from pathlib import Path
+
+    from ..errors import FerkitError
+
+    if not inside:
+        return
+    save_r = Path(save).resolve()
+    written = set(_read_manifest(save_r))
+    foreign = [p for p in inside if p.relative_to(save_r).as_posix() not in written]
+    if foreign:
+        raise FerkitError(
+            f"--save {save} lies inside a source folder and already holds {len(foreign)} image/video file(s) "
+            f"that ferkit anonymize did not write there (e.g. {foreign[0].relative_to(save_r)}): they would be "
+            "neither anonymised nor safe from being overwritten; choose an empty folder or one outside the sources")
+
+
+def _save_in_source(specs, save) -> bool:
+    """True when ``save`` lies inside a source folder (a later run would find the outputs among the sources)."""
+    import os
+    from pathlib import Path
+
+    save_r = Path(save).resolve()
+    for spec in specs:
+        p = Path(os.fspath(spec))
+        root = p if p.is_dir() else None if p.exists() else _glob_root(os.fspath(spec))
+        if root is not None and _inside(save_r, root.resolve()):
+            return True
+    return False
+
+
+def _read_manifest(folder) -> list[str]:
+    try:
+        return (folder / MANIFEST).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return []
+
+
+class _Manifest:
+    """Records each output written into a --save folder that lies inside a source folder (see MANIFEST)."""
+
+    def __init__(self, save):
+        from pathlib import Path
+
+        self.folder = Path(save).resolve()
+        self.listed = set(_read_manifest(self.folder))
+
+    def add(self, dest) -> None:
+        from pathlib import Path
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        rel = Path(dest).resolve().relative_to(self.folder).as_posix()
+        if rel not in self.listed:
+            with open(self.folder / MANIFEST, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(rel + "\n")
+            self.listed.add(rel)
 
 
 class _Outputs:
@@ -217,14 +294,18 @@ class _Outputs:
 def run(args) -> int:
     import csv
     import json
-    import os
 
     from ..errors import FerkitError
+    from ..io import make_output_folder, open_text_output
 
     _check_args(args)
     anon = build_anonymizer(args)  # checks every setting before anything is read or written
     save = None if args.dry_run else args.save
-    items, errors, skipped = plan(args.sources, save, recursive=args.recursive)
+    planned = plan(args.sources, save, recursive=args.recursive)
+    items, errors, skipped = planned.items, planned.errors, planned.skipped
+    if save is not None:
+        check_inside_save(save, planned.inside_save)
+    manifest = _Manifest(save) if save is not None and _save_in_source(args.sources, save) else None
     failed = 0
     for _, msg in errors:
         print(f"ferkit: error: {msg}", file=sys.stderr)
@@ -239,14 +320,11 @@ def run(args) -> int:
 
     outputs = None
     if save is not None:
-        if os.path.isfile(save):
-            raise FerkitError(f"--save {save} is a file; give a folder")
-        os.makedirs(save, exist_ok=True)
+        make_output_folder(save)
         outputs = _Outputs(save)
     csv_file = csv_writer = None
     if args.csv:
-        os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
-        csv_file = open(args.csv, "w", newline="")
+        csv_file = open_text_output(args.csv, "--csv")
         csv_writer = csv.writer(csv_file)
         csv_writer.writerow(CSV_COLUMNS)
     out = sys.stdout
@@ -262,6 +340,8 @@ def run(args) -> int:
             dest = None
             if outputs is not None:
                 dest = outputs(rel if rel is not None else f"camera{src.camera}", src.kind, src.path)
+                if manifest is not None:
+                    manifest.add(dest)  # before writing: even a partial output is ferkit's, not an original
             if src.kind != "image":
                 failed += _run_stream(src, dest, anon, args, csv_writer, out)
                 continue

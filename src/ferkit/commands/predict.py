@@ -79,8 +79,8 @@ def _check_args(args) -> None:
     if args.detect_size != 0 and args.detect_size < MIN_DETECT_SIZE:
         raise FerkitError(f"--detect-size must be 0 (full size) or at least {MIN_DETECT_SIZE} pixels, "
                           f"got {args.detect_size}")
-    if getattr(args, "max_frames", None) is not None and args.max_frames < 0:
-        raise FerkitError(f"--max-frames must be >= 0, got {args.max_frames}")
+    if getattr(args, "max_frames", None) is not None and args.max_frames < 1:
+        raise FerkitError(f"--max-frames must be at least 1, got {args.max_frames}")
     if getattr(args, "stride", 1) < 1:
         raise FerkitError(f"--stride must be >= 1, got {args.stride}")
     if args.detect_every < 1:
@@ -88,25 +88,25 @@ def _check_args(args) -> None:
 
 
 class _Namer:
-    """Output file names in the --save folder: the source's name, made unique, never the source itself."""
+    """Output file names in the --save folder: the source's name, made unique within the run, and never the
+    name of a source of this run (a --save folder that holds sources must not lose them)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, sources=()):
         from pathlib import Path
 
         self.folder = Path(folder)
-        self.used: set[str] = set()
+        self.used: set[Path] = {Path(p).resolve() for p in sources if p}
 
     def __call__(self, source_path: str, suffix: str, tag: str = "") -> str:
         from pathlib import Path
 
-        src = Path(source_path)
-        stem = src.stem + tag
+        stem = Path(source_path).stem + tag
         cand = self.folder / f"{stem}{suffix}"
         k = 2
-        while str(cand) in self.used or (cand.exists() and cand.resolve() == src.resolve()):
+        while cand.resolve() in self.used:
             cand = self.folder / f"{stem}-{k}{suffix}"
             k += 1
-        self.used.add(str(cand))
+        self.used.add(cand.resolve())
         return str(cand)
 
 
@@ -114,10 +114,8 @@ def run(args) -> int:
     import json
     import os
 
-    import cv2
-
     from ..errors import FerkitError
-    from ..io import expand_sources, read_image
+    from ..io import IMAGE_WRITE_EXTS, expand_sources, make_output_folder, read_image, write_image
     from ..video import csv_row, open_csv
 
     _check_args(args)
@@ -137,8 +135,8 @@ def run(args) -> int:
     labels = list(analyzer.labels)
     namer = None
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-        namer = _Namer(args.save)
+        make_output_folder(args.save)
+        namer = _Namer(args.save, [src.path for src in exp.sources])
     csv_file, csv_writer = open_csv(args.csv, labels) if args.csv else (None, None)
     out = sys.stdout
 
@@ -186,12 +184,12 @@ def run(args) -> int:
                         csv_writer.writerow(csv_row(src.name, None, None, f, labels))
                 if namer is not None:
                     ext = os.path.splitext(src.path)[1].lower()
-                    if ext not in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"):
+                    if ext not in IMAGE_WRITE_EXTS:
                         ext = ".png"
-                    dest = namer(src.path, ext)
-                    ok = cv2.imwrite(dest, analyzer.draw(img, faces))
-                    if not ok:
-                        print(f"ferkit: error: could not write {dest}", file=sys.stderr)
+                    try:
+                        write_image(namer(src.path, ext), analyzer.draw(img, faces))
+                    except FerkitError as e:
+                        print(f"ferkit: error: {e}", file=sys.stderr)
                         failed += 1
                 out.flush()
             else:

@@ -51,6 +51,7 @@ import numpy as np
 
 from ..errors import FerkitError
 from ..faces import Detection, detect_faces, get_detector, iou
+from ..io import IMAGE_WRITE_EXTS, write_image
 from .obfuscate import DEFAULT_STRENGTH, METHODS, check_method, obfuscate_region, strength_for_region
 
 __all__ = [
@@ -86,7 +87,6 @@ DEFAULT_HOLD_FRAMES = 8
 #: longer side (pixels) of the copy the detector sees; larger images are downscaled for detection only
 DEFAULT_MAX_SIDE = 1920
 #: image extensions written as they are; any other image is written as .png
-IMAGE_WRITE_EXTS = frozenset(".jpg .jpeg .jpe .png .webp .bmp .tif .tiff".split())
 
 
 def expand_box(box: Sequence[float], margin: float = DEFAULT_MARGIN,
@@ -543,24 +543,6 @@ def _check_image(image) -> np.ndarray:
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1 or bad_channels:
         raise FerkitError(f"expected an image (H, W) or (H, W, 3), got shape {image.shape}")
     return image
-
-
-def write_image(path: str | os.PathLike, image: np.ndarray, *, jpeg_quality: int = 95) -> None:
-    """Write ``image`` (uint8 BGR/gray) to ``path``, creating its folder; the format follows the extension."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    ext = p.suffix.lower()
-    params: list[int] = []
-    if ext in (".jpg", ".jpeg", ".jpe"):
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
-    elif ext == ".webp":
-        params = [cv2.IMWRITE_WEBP_QUALITY, int(jpeg_quality)]
-    try:
-        ok = cv2.imwrite(str(p), image, params)
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise FerkitError(f"could not write {p} (check the folder is writable and the extension is an image format)")
 
 
 def anonymize_image(image: np.ndarray, method: str = "pixelate", strength: float | None = None, *,
