@@ -176,6 +176,20 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         if self.path == "/slow":
             time.sleep(3)
+        if self.path == "/trickle":  # a real image, 100 bytes every 0.3 s: each read is quick, the whole is not
+            data = self.files["/face.png"][1]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 100):
+                    self.wfile.write(data[i:i + 100])
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except OSError:  # the server under test hung up: what a deadline should do
+                pass
+            return
         if self.path.startswith("/redirect"):
             target = self.path.split("to=", 1)[1] if "to=" in self.path else "/face.png"
             self.send_response(302)
@@ -411,6 +425,29 @@ def test_bad_json_bodies_are_422(server):
     assert_error(server.client.post("/api/v1/analyze", json={"link": "x"}), 422, "invalid_request")
 
 
+def test_bad_cursors_and_host_names_are_422_not_500(server):
+    for cursor in ("abc", "9" * 30, "\u00b2", "-1"):  # not digits, too big for SQLite, a Unicode digit, negative
+        assert_error(server.client.get("/api/v1/results", params={"cursor": cursor}), 422, "invalid_cursor")
+    assert_error(server.client.post("/api/v1/analyze", json={"url": "http://xn--/a.png"}), 422, "invalid_url")
+    assert server.client.get("/api/v1/health").status_code == 200
+
+
+def test_declared_oversize_upload_is_answered_without_waiting_for_the_body(server):
+    """A client that declares 100 MiB, sends 1 KiB and stalls gets its 413 at once, not never."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=8) as sock:
+        sock.sendall(b"POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 104857600\r\n\r\n" + b"\x00" * 1024)
+        t0 = time.monotonic()
+        reply = b""
+        while b"image_too_large" not in reply:
+            part = sock.recv(4096)
+            if not part:
+                break
+            reply += part
+    assert reply.startswith(b"HTTP/1.1 413") and b"image_too_large" in reply, reply[:200]
+    assert time.monotonic() - t0 < 5
+
+
 def test_unknown_ids_and_paths_are_json_404(server):
     assert_error(server.client.get("/api/v1/results/" + "0" * 32), 404, "result_not_found")
     assert_error(server.client.get("/api/v1/results/../../etc/passwd"), 404)
@@ -431,6 +468,9 @@ def test_health_openapi_docs_and_page(server):
     analyze = spec["paths"]["/api/v1/analyze"]["post"]
     assert {"multipart/form-data", "application/json"} <= set(analyze["requestBody"]["content"])
     assert {"413", "415", "422"} <= set(analyze["responses"])
+    for path, method in (("/api/v1/results", "get"), ("/api/v1/results/{result_id}/faces/{index}/thumbnail", "get")):
+        schema = spec["paths"][path][method]["responses"]["422"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (path, schema)  # the body the server sends
     assert {"AnalysisOut", "FaceOut", "ResultsPage", "ErrorOut", "HealthOut"} <= set(spec["components"]["schemas"])
     docs = server.client.get("/docs").text
     assert "swagger-ui-bundle.js" in docs and "cdn." not in docs and "https://" not in docs.split("<body")[0]
@@ -473,9 +513,30 @@ def test_url_fetch_errors(private_server, image_site):
     t0 = time.monotonic()
     assert_error(c.post("/api/v1/analyze", json={"url": image_site + "/slow"}), 504, "url_timeout")
     assert time.monotonic() - t0 < 3.0
+    t0 = time.monotonic()  # a server that trickles the bytes is held to the same deadline (1.5 s)
+    assert_error(c.post("/api/v1/analyze", json={"url": image_site + "/trickle"}), 504, "url_timeout")
+    assert time.monotonic() - t0 < 3.0
     closed = free_port()
     assert_error(c.post("/api/v1/analyze", json={"url": f"http://127.0.0.1:{closed}/a.png"}), 502, "url_unreachable")
     assert_error(c.post("/api/v1/analyze", json={"url": "gopher://127.0.0.1/"}), 422, "invalid_url")
+
+
+def test_url_downloads_in_flight_are_capped(private_server, image_site):
+    """More slow URL downloads at once than MAX_URL_FETCHES: the extra ones are 503 at once (they would
+    otherwise hold every thread of the worker), and the server keeps answering."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ferkit.server.app import MAX_URL_FETCHES
+
+    def post(_):
+        with httpx.Client(base_url=private_server.base, timeout=30) as c:
+            return c.post("/api/v1/analyze", json={"url": image_site + "/slow"}).status_code
+
+    with ThreadPoolExecutor(MAX_URL_FETCHES + 4) as pool:
+        codes = list(pool.map(post, range(MAX_URL_FETCHES + 4)))
+    assert codes.count(504) >= 1 and codes.count(503) >= 1 and set(codes) <= {503, 504}, codes
+    assert codes.count(504) <= MAX_URL_FETCHES
+    assert private_server.client.get("/api/v1/health").status_code == 200
 
 
 def test_fetcher_rechecks_every_redirect_and_pins_the_checked_address(image_site):
@@ -785,6 +846,14 @@ def test_cli_rejects_bad_settings(capsys, tmp_path):
     capsys.readouterr()
     assert main(["serve", *d, "--max-requests", "-1", "--analyzer", FAKE]) == 2
     assert "--max-requests must be 0 (never restart) or positive" in capsys.readouterr().err
+    for hours in ("1e8", "inf", "nan"):  # expiry dates past year 9999 used to fail every request with a 500
+        assert main(["serve", *d, "--retention-hours", hours, "--analyzer", FAKE]) == 2
+        assert "--retention-hours must be positive and at most" in capsys.readouterr().err
+    not_a_model = tmp_path / "model.onnx"
+    not_a_model.write_text("not a model")
+    for extra in ([], ["--max-requests", "0"], ["--workers", "2"]):  # supervised or not: checked before serving
+        assert main(["serve", *d, "--model", str(not_a_model), *extra]) == 2, extra
+        assert "cannot load" in capsys.readouterr().err
 
 
 def test_decoder_handles_modes_formats_and_exif():

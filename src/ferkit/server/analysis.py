@@ -158,8 +158,8 @@ def _model_name_of(obj: Any, settings: ServerSettings) -> str:
 
 
 def check_analyzer_settings(settings: ServerSettings) -> None:
-    """Cheap checks that the analyzer of ``settings`` can be built (import spec, model file, detector name),
-    without loading a model; raises FerkitError with a one-line message."""
+    """Checks that the analyzer of ``settings`` can be built (import spec; the model file, opened once; the
+    detector name), in the parent process before the workers start; raises FerkitError with a one-line message."""
     if settings.analyzer:
         module_name, _, attr = settings.analyzer.partition(":")
         if not module_name or not attr:
@@ -171,9 +171,9 @@ def check_analyzer_settings(settings: ServerSettings) -> None:
         if not hasattr(module, attr):
             raise FerkitError(f"module {module_name!r} has no attribute {attr!r} (from --analyzer {settings.analyzer})")
         return
-    from ..runtime import resolve_model_path
+    from ..runtime import EmotionClassifier
 
-    resolve_model_path(settings.model)
+    EmotionClassifier(settings.model, threads=1)  # opens the model once: a file that is no model fails here
     if settings.detector:
         from ..faces import get_detector
 

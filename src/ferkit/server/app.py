@@ -48,6 +48,8 @@ API_PREFIX = "/api/v1"
 JSON_BODY_LIMIT = 64 * 1024  # bytes: a {"url": ...} body is tiny
 MULTIPART_OVERHEAD = 64 * 1024  # bytes allowed on top of the image for multipart framing and small fields
 DRAIN_LIMIT = 64 * 1024 * 1024  # bytes of an over-limit body read and discarded so the client sees the 413
+DRAIN_SECONDS = 10.0  # and the longest time spent doing so
+MAX_URL_FETCHES = 8  # URL downloads in progress at once per worker; more are answered 503 (threads stay free)
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; "
@@ -111,15 +113,22 @@ class _SecurityHeaders:
 
 
 # -- request bodies ------------------------------------------------------------------------------------------
-async def _drain(stream, already: int) -> None:
-    """Read and discard the rest of an over-limit body (up to DRAIN_LIMIT) so the client can read our 413."""
-    seen = already
-    deadline = time.monotonic() + 10.0
-    with contextlib.suppress(Exception):
+async def _drain(stream, already: int, declared: int | None = None) -> None:
+    """Read and discard the rest of an over-limit body (up to DRAIN_LIMIT bytes, for at most DRAIN_SECONDS) so
+    that a client which writes its whole body before reading can read our 413. A body declared larger than
+    DRAIN_LIMIT is not read at all: the 413 goes out at once and the connection is closed."""
+    if declared is not None and declared > DRAIN_LIMIT:
+        return
+
+    async def drain() -> None:
+        seen = already
         async for chunk in stream:
             seen += len(chunk)
-            if seen > DRAIN_LIMIT or time.monotonic() > deadline:
+            if seen > DRAIN_LIMIT:
                 break
+
+    with contextlib.suppress(Exception):  # the time limit holds even for a client that sends nothing more
+        await asyncio.wait_for(drain(), DRAIN_SECONDS)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -145,7 +154,7 @@ async def read_limited_body(request: Request, limit: int, too_large: ApiError) -
     stream = request.stream()
     declared = _declared_length(request)
     if declared is not None and declared > limit:
-        await _drain(stream, 0)
+        await _drain(stream, 0, declared)
         raise too_large
     buf = bytearray()
     async for chunk in stream:
@@ -242,6 +251,7 @@ class ServerState:
         self.started = time.monotonic()
         self.slots = asyncio.Semaphore(settings.max_concurrency)
         self.waiting = 0  # requests waiting for a slot (event-loop only, so no lock needed)
+        self.fetching = 0  # URL downloads in progress (event-loop only)
 
     # runs in a worker thread
     def process(self, data: bytes, *, source: str, source_name: str | None, persist: bool) -> dict[str, Any]:
@@ -419,7 +429,8 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
         return _error_response(500, "internal_error", "the server failed on this request (see its log); "
                                                       "it keeps serving other requests")
 
-    api = APIRouter(prefix=API_PREFIX)
+    # every /api/v1 route answers a bad parameter with ferkit's error body, not FastAPI's {"detail": [...]}
+    api = APIRouter(prefix=API_PREFIX, responses={422: ERROR_RESPONSES[422]})
 
     analyze_body = {
         "requestBody": {
@@ -467,7 +478,14 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
             except ValidationError as e:
                 msg = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
                 raise ApiError(422, "invalid_request", f'expected JSON {{"url": "https://..."}}: {msg}') from None
-            fetched = await run_in_threadpool(state.fetcher.fetch, req.url.strip())  # FetchError is an ApiError
+            if state.fetching >= MAX_URL_FETCHES:
+                raise ApiError(503, "server_busy", f"the server is already downloading {state.fetching} URLs; "
+                                                  "retry in a moment")
+            state.fetching += 1
+            try:
+                fetched = await run_in_threadpool(state.fetcher.fetch, req.url.strip())  # FetchError is an ApiError
+            finally:
+                state.fetching -= 1
             data, name, source = fetched.data, req.url.strip()[:2000], "url"
         elif media.startswith("image/") or media == "application/octet-stream":
             data = await read_limited_body(request, limit, _too_large(limit))
@@ -515,7 +533,7 @@ def create_app(settings: ServerSettings | None = None, analyzer: Any = None) -> 
     ) -> ResultsPage:
         before = None
         if cursor:
-            if not cursor.isdigit():
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):  # an int SQLite can hold
                 raise ApiError(422, "invalid_cursor", "cursor must be a `next_cursor` value from a previous page")
             before = int(cursor)
         rows, total = state.store.recent(limit + 1, before)  # one extra row tells whether a next page exists

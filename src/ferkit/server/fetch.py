@@ -117,7 +117,11 @@ class UrlFetcher:
         if parsed.scheme not in ("http", "https"):
             shown = parsed.scheme or "no scheme"
             raise FetchError(422, "invalid_url", f"only http:// and https:// image URLs can be fetched, not {shown}")
-        if not parsed.host:
+        try:
+            host = parsed.host  # decodes an internationalised name: "xn--" alone is not one
+        except (UnicodeError, ValueError) as e:
+            raise FetchError(422, "invalid_url", f"{url!r} has an invalid host name ({e})") from None
+        if not host:
             raise FetchError(422, "invalid_url", f"the URL {url!r} has no host name")
         if parsed.userinfo:
             raise FetchError(422, "invalid_url", "URLs with a user name or password are not accepted")
@@ -203,14 +207,14 @@ class UrlFetcher:
                 last_error = e
                 continue
             try:
-                return self._read(response, url, deadline)
+                return self._read(response, url, deadline, extensions["timeout"])
             finally:
                 response.close()
         if last_error is None:
             raise FetchError(504, "url_timeout", f"timed out (after {self.timeout_s:g} s) fetching {host}")
         raise FetchError(502, "url_unreachable", f"cannot connect to {host} ({last_error})")
 
-    def _read(self, response: httpx.Response, url: httpx.URL, deadline: float):
+    def _read(self, response: httpx.Response, url: httpx.URL, deadline: float, timeouts: dict | None = None):
         shown = str(url)
         if response.status_code in (301, 302, 303, 307, 308):
             location = response.headers.get("location")
@@ -235,16 +239,26 @@ class UrlFetcher:
             )
         chunks: list[bytes] = []
         size = 0
+        # Each network read as it arrives (a chunk size would make httpx wait for that many bytes, so a server
+        # that trickles bytes would never reach the deadline check), and each read may wait only until the
+        # deadline: the transport reads the request's "read" timeout afresh for every read.
+        stream = response.iter_raw()
         try:
-            for chunk in response.iter_raw(65536):
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise FetchError(504, "url_timeout", f"downloading took longer than {self.timeout_s:g} s")
+                if timeouts is not None:
+                    timeouts["read"] = remaining
+                chunk = next(stream, None)
+                if chunk is None:
+                    break
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise FetchError(
                         413, "image_too_large",
                         f"the image at the URL is over this server's limit of {self.max_bytes:,} bytes",
                     )
-                if time.monotonic() > deadline:
-                    raise FetchError(504, "url_timeout", f"downloading took longer than {self.timeout_s:g} s")
                 chunks.append(chunk)
         except httpx.TimeoutException:
             raise FetchError(504, "url_timeout", f"downloading took longer than {self.timeout_s:g} s") from None

@@ -28,6 +28,9 @@ def default_data_dir() -> Path:
     return Path(base) / "ferkit" / "server"
 
 
+MAX_RETENTION_HOURS = 100 * 365 * 24  # expiry dates must stay representable (datetime ends at year 9999)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything the app needs; sizes in bytes, durations in seconds unless the name says hours.
@@ -72,8 +75,9 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
-        if not self.retention_hours > 0:
-            raise FerkitError(f"--retention-hours must be positive, got {self.retention_hours}")
+        if not 0 < self.retention_hours <= MAX_RETENTION_HOURS:  # also refuses NaN and inf
+            raise FerkitError(f"--retention-hours must be positive and at most {MAX_RETENTION_HOURS:,} "
+                              f"(100 years), got {self.retention_hours}")
         if self.max_upload_bytes < 1024:
             raise FerkitError(f"the upload limit must be at least 1 KiB, got {self.max_upload_bytes} bytes")
         if self.max_pixels < 64 * 64:
