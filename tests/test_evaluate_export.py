@@ -277,6 +277,10 @@ def test_evaluate_errors(tiny_run, tmp_path):
         evaluate(onnx_path, prepare_splits(str(csv), label_set="fer6"))
     with pytest.raises(FerkitError, match="not found"):
         evaluate(tmp_path / "missing.onnx", csv)
+    with pytest.raises(FerkitError, match="--limit must be at least 1"):  # 0 used to score the whole split
+        evaluate(onnx_path, csv, limit=0)
+    with pytest.raises(FerkitError, match="split seed must be a whole number >= 0"):
+        evaluate(onnx_path, csv, split="test", split_method="random", seed=-1)
 
 
 def test_evaluate_follows_the_models_split_method(tiny_run):
@@ -406,6 +410,17 @@ def test_cli_table_export_and_errors(tiny_run, tmp_path, capfd):
     rc = cli_main(["evaluate", str(tmp_path / "nope"), "--data", str(csv)])
     err = capfd.readouterr().err
     assert rc == 2 and err.startswith("ferkit: error:") and err.count("\n") == 1
+    before = (tmp_path / "m.onnx").read_bytes()  # an existing model is replaced only when asked
+    rc = cli_main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--exporter", "torchscript"])
+    err = capfd.readouterr().err
+    assert rc == 2 and "--overwrite" in err and (tmp_path / "m.onnx").read_bytes() == before
+    rc = cli_main(["export", str(run), "--out", str(tmp_path / "m.onnx"), "--exporter", "torchscript", "--overwrite"])
+    assert rc == 0 and EmotionClassifier(tmp_path / "m.onnx").tta == "none"
+    capfd.readouterr()
+    (tmp_path / "a_file").write_text("keep")
+    rc = cli_main(["model-card", str(onnx_path), "--data", str(csv), "--out", str(tmp_path / "a_file")])
+    err = capfd.readouterr().err
+    assert rc == 2 and "is a file" in err and "Traceback" not in err and (tmp_path / "a_file").read_text() == "keep"
 
 
 # -- ensembles ----------------------------------------------------------------------------------------

@@ -648,6 +648,11 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--teacher-weight", "0.5"], "it needs --teacher"),
     (["--teacher", "default", "--teacher", "MISSING.onnx"], "model file not found"),  # every teacher is checked
     (["--teacher", "ferplus", "--label-set", "fer6"], "predicts"),  # fer6 merges disgust: its mass has no place
+    (["--seed", "-1"], "--seed must be a whole number >= 0"),
+    (["--split", "random", "--split-seed", "-1"], "--split-seed must be a whole number >= 0"),
+    (["--arch", "fastres_s", "--model-opt", "nosuch=1"], "cannot be built with --model-opt nosuch=1"),
+    (["--arch", "fastres_s", "--model-opt", "dropout=abc"], "cannot be built with --model-opt dropout='abc'"),
+    (["--resume", "--overwrite"], "use one of them"),
 ])
 def test_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
     argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--epochs", "1", "--out", str(tmp_path / "r"),
@@ -669,6 +674,14 @@ def test_existing_run_needs_resume_or_overwrite(tiny_fer_csv, tmp_path):
         train(TrainConfig(**cfg))
     train(TrainConfig(**cfg, overwrite=True, seed=5))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 5
+    # a run kept without its large last.pt (to save space) is still a run: best.pt is not replaced silently
+    (tmp_path / "r" / "last.pt").unlink()
+    best = (tmp_path / "r" / "best.pt").read_bytes()
+    with pytest.raises(FerkitError, match=r"already holds a run \(best.pt"):
+        train(TrainConfig(**cfg, seed=6))
+    assert (tmp_path / "r" / "best.pt").read_bytes() == best
+    train(TrainConfig(**cfg, overwrite=True, seed=6))
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 6
 
 
 def test_missing_data_option_guard(tiny_fer_csv, tmp_path, monkeypatch):

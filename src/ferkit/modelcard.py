@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FerkitError
+from .io import make_output_folder
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
 
@@ -213,7 +214,7 @@ def write_model_card(
     prov = meta.get("provenance") or {}
     cfg = prov.get("config") or {}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out, "--out")
     results: dict[str, Any] = {}
     for split in SPLITS:
         results[split] = evaluate(model, str(data), split=split)

@@ -325,6 +325,13 @@ def _check_config(cfg: TrainConfig) -> None:
         bad("--sample-cap needs --sampling over or under")
     if cfg.split not in ("usage", "random"):
         bad(f"unknown split method {cfg.split!r}; use 'usage' or 'random'")
+    for name in ("seed", "split_seed"):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 0):
+            bad(f"--{name.replace('_', '-')} must be a whole number >= 0, got {value!r}")
+    from .models import check_model_options
+
+    check_model_options(cfg.arch, cfg.arch_kwargs or {})
     if cfg.nesterov and (cfg.optimizer != "sgd" or not cfg.momentum):
         bad(f"Nesterov momentum needs --optimizer sgd with --momentum > 0 (got {cfg.optimizer}, momentum {cfg.momentum})")
     if cfg.ferplus_mode is not None and cfg.ferplus_mode not in FERPLUS_MODES:
@@ -422,6 +429,8 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     """The saved configuration of ``config.out``'s run plus the allowed runtime overrides, and last.pt."""
     if config.init:
         raise FerkitError("--init starts a new run from a checkpoint; --resume continues a run: use one of them")
+    if config.overwrite:
+        raise FerkitError("--resume continues the run in --out; --overwrite replaces it: use one of them")
     if not config.out:
         raise FerkitError("--resume needs --out RUN_DIR (the run to continue)")
     last = Path(config.out) / "last.pt"
@@ -938,14 +947,16 @@ def _check_run_dir(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FerkitError(f"--out {out} is a file; choose a directory for the run")
-    if (out / "last.pt").exists() and not cfg.overwrite:
-        raise FerkitError(f"{out} already holds a run (last.pt); continue it with --resume, replace it with "
-                          f"--overwrite, or choose another --out")
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if present and not cfg.overwrite:
+        how = "continue it with --resume, " if "last.pt" in present else ""
+        raise FerkitError(f"{out} already holds a run ({', '.join(present)}); {how}replace it with --overwrite, "
+                          f"or choose another --out")
 
 
 def _prepare_run_dir(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
-    if (out / "last.pt").exists() and cfg.overwrite:
+    if cfg.overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                         "(.onnx or bundled names, not mixed with runs): their ensemble")
     p.add_argument("--weights", type=float, nargs="+", default=None,
                    help="ensemble only: one positive weight per run (default: equal weights)")
-    p.add_argument("--out", help="output .onnx path")
+    p.add_argument("--out", help="output .onnx path (an existing file is replaced only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--half", action="store_true",
                    help="with .onnx members: store the weights as float16 (half the file; inference stays float32)")
     p.add_argument("--split", metavar="DIR",
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import contextlib
+    import os
     import sys
 
     from ..errors import FerkitError
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise FerkitError("give --out model.onnx (or --split DIR for an ensemble's members)")
+    if os.path.isfile(args.out) and not args.overwrite:
+        raise FerkitError(f"--out {args.out} exists; pass --overwrite to replace it, or choose another name")
     if args.calibrate:
         from ..calibrate import calibrate_onnx
 

@@ -209,8 +209,10 @@ def prepare_splits(
     ls = get_label_set(label_set)
     if split not in ("usage", "random"):
         raise FerkitError(f"unknown split method {split!r}; use 'usage' or 'random'")
-    if limit is not None and limit < 0:
-        raise FerkitError(f"limit must be positive, got {limit}")
+    if limit is not None and limit < 1:
+        raise FerkitError(f"--limit must be at least 1 (rows per split), got {limit}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise FerkitError(f"the split seed must be a whole number >= 0, got {seed!r}")
     soft = None
     names = None
     info: dict[str, Any] = {"data": str(data.path if isinstance(data, Fer2013) else data)}
@@ -282,7 +284,7 @@ def prepare_splits(
             names=None if names is None else [names[i] for i in all_idx],
         )
         idx = [all_idx[(split_of == k) & alive] for k in range(len(idx))]
-    if limit:
+    if limit is not None:
         idx = [i[:limit] for i in idx]
     subsets = [Subset(images[i], y[i], rows[i], None if soft is None else soft[i]) for i in idx]
     info.update({

@@ -49,5 +49,19 @@ def create_model(name: str, num_classes: int = 7, **kwargs):
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
+def check_model_options(name: str | None, options: dict, num_classes: int = 7) -> None:
+    """Build the network once with ``options`` (``--model-opt``) so that an option the architecture does not
+    take, or a value it cannot use, is a one-line FerkitError before any data is read. No options: nothing to
+    check; an unknown ``name`` is left to :func:`create_model`."""
+    _load_all()
+    if not options or name not in _REGISTRY:
+        return
+    try:
+        _REGISTRY[name](num_classes=num_classes, **options)
+    except (TypeError, ValueError) as e:
+        shown = ",".join(f"{k}={v!r}" for k, v in options.items())
+        raise FerkitError(f"architecture {name!r} cannot be built with --model-opt {shown}: {e}") from None
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
