@@ -512,6 +512,51 @@ def test_draw_results(analyzer):
     assert (blank == img).all()
 
 
+def test_probability_panels_never_cover_another_face():
+    """Two faces side by side with a small gap: each panel goes where it covers no other face (the first's
+    used to land on the second), and a face with no free place gets no panel rather than a covering one."""
+    probs = {e: 1.0 / len(EMOTIONS) for e in EMOTIONS}
+    img = np.full((480, 640, 3), 200, np.uint8)
+    boxes = [(100, 100, 120, 120), (240, 100, 120, 120)]
+    faces = [pipeline.FaceResult(box=b, emotion="happy", score=0.5, probabilities=probs) for b in boxes]
+    out = pipeline.draw_results(img, faces, marker=False)
+    for x, y, w, h in boxes:
+        inner = out[y + 6:y + h - 6, x + 6:x + w - 6]
+        assert (inner == 200).all(), (x, y)  # nothing drawn over either face
+    assert ((out == 200 * 2 // 5).all(axis=2)).sum() > 500  # both panels were drawn (darkened background)
+    # two overlapping faces filling a small image: the first has no free place (None: no panel), the second's
+    # place covers neither face
+    a, b = (0, 0, 200, 200), (100, 100, 200, 200)
+    rect = lambda x, y, w, h: (x, y, x + w, y + h)  # noqa: E731
+    assert pipeline._panel_place(a, (120, 94), (300, 300), [rect(*b)], 3, 40) is None
+    px, py = pipeline._panel_place(b, (120, 94), (300, 300), [rect(*a)], 3, 40)
+    assert not pipeline._overlaps((px, py, px + 120, py + 94), rect(*a))
+
+
+def test_server_annotation_numbers_the_faces_like_the_page():
+    """The stored annotated image tags each face with its number (the page's "Face 1", "Face 2" cards)."""
+    from ferkit.server.analysis import ServerAnalyzer
+
+    seen = {}
+
+    class Pipeline:
+        def analyze(self, image):
+            return []
+
+        def draw(self, image, results, **kw):
+            seen.update(kw)
+            return image.copy()
+
+    ServerAnalyzer(Pipeline()).annotate(np.zeros((20, 20, 3), np.uint8), [])
+    assert seen == {"numbers": True}
+    probs = {e: 1.0 / len(EMOTIONS) for e in EMOTIONS}
+    faces = [pipeline.FaceResult(box=(20, 60, 80, 80), emotion="happy", score=0.5, probabilities=probs, track=7)]
+    img = np.full((200, 300, 3), 200, np.uint8)
+    numbered = pipeline.draw_results(img, faces, numbers=True)
+    tracked = pipeline.draw_results(img, faces)
+    assert not np.array_equal(numbered, tracked)  # "1. happy 50%" instead of "#7 happy 50%"
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _write_set(tmp_path):
     d = tmp_path / "photos"

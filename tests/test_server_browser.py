@@ -45,7 +45,7 @@ def keep_screenshot(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("browser") / "data")
+    srv = Server(tmp_path_factory.mktemp("browser") / "data", "--retention-hours", "1.5")
     yield srv
     srv.stop()
 
@@ -142,6 +142,74 @@ def test_drop_a_file_and_reopen_from_history(page, server):
     assert server.client.get("/api/v1/results").json()["total"] == 1
 
 
+def test_the_latest_choice_wins_and_history_pages_load_once(page, server, tmp_path):
+    """Two files chosen in quick succession: the page shows the second even when the first answers last; a
+    double click on "Show older" adds the next page once; a #result= address pasted into the tab opens it;
+    the footer states the server's retention (1.5 h) correctly."""
+    clear_store(server)
+    assert page.locator("#retention-note").inner_text() == "Stored images are deleted after 1 hour 30 minutes."
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    first.write_bytes(encode(scene(squares=((40, 40, 80),))))
+    second.write_bytes(encode(scene(squares=((40, 40, 32),))))
+    held = []
+
+    def hold_the_first(route):
+        if not held:
+            held.append(route)  # answered only after the second request is done
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/analyze", hold_the_first)
+    page.set_input_files("#file-input", str(first))
+    page.wait_for_function("() => document.getElementById('status').classList.contains('busy')")
+    page.set_input_files("#file-input", str(second))
+    page.wait_for_function("() => document.getElementById('result-name').textContent === 'second.png'")
+    assert held, "the first request was not held"
+    held[0].continue_()
+    page.wait_for_function("() => document.querySelectorAll('#history .history-item').length === 2")
+    page.wait_for_timeout(300)
+    assert page.locator("#result-name").inner_text() == "second.png"  # the late first answer did not replace it
+    assert not page.evaluate("() => document.getElementById('status').classList.contains('busy')")
+    page.unroute("**/api/v1/analyze")
+    first_id = next(i["id"] for i in server.client.get("/api/v1/results").json()["items"]
+                    if i["source_name"] == "first.png")
+    page.evaluate(f"() => {{ location.hash = '#result={first_id}'; }}")
+    page.wait_for_function("() => document.getElementById('result-name').textContent === 'first.png'")
+
+    for k in range(12):  # with the two above: 14 results, more than one page of 12
+        server.client.post("/api/v1/analyze", content=encode(scene(squares=((40, 40, 40 + k),))),
+                           headers={"Content-Type": "image/png"})
+    page.click("#history-refresh")
+    page.wait_for_selector("#history-more", state="visible")
+    page.dblclick("#history-more")
+    page.wait_for_selector("#history-more", state="hidden")
+    page.wait_for_timeout(300)
+    ids = page.evaluate("() => [...document.querySelectorAll('#history .history-item')].map(li => li.dataset.id)")
+    assert len(ids) == 14 and len(set(ids)) == 14, ids
+
+
+def test_deleting_from_the_list_keeps_the_keyboard_there(page, server, tmp_path):
+    clear_store(server)
+    for k in range(3):
+        server.client.post("/api/v1/analyze", content=encode(scene(squares=((40, 40, 40 + k),))),
+                           headers={"Content-Type": "image/png"})
+    page.click("#history-refresh")
+    page.wait_for_function("() => document.querySelectorAll('#history .history-item').length === 3")
+    gone = page.locator("#history .history-item").nth(1).get_attribute("data-id")
+    server.client.delete(f"/api/v1/results/{gone}")  # deleted elsewhere meanwhile: its entry must go anyway
+    page.locator("#history .history-item").nth(0).locator(".history-delete").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#history .history-item').length === 1")
+    assert page.evaluate("() => document.activeElement.classList.contains('history-delete')")
+    last = page.locator("#history .history-item").nth(0).get_attribute("data-id")
+    server.client.delete(f"/api/v1/results/{last}")  # the entry still listed is stale now
+    page.locator("#history .history-item").nth(0).locator(".history-delete").focus()
+    page.keyboard.press("Enter")  # 404: the message shows and the list is refreshed from the server
+    page.wait_for_selector("#error", state="visible")
+    page.wait_for_selector("#history-empty", state="visible")
+    assert page.locator("#history .history-item").count() == 0
+
+
 def test_bad_file_shows_the_servers_message(page, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("this is text, not a picture")
@@ -188,10 +256,21 @@ def test_camera_frames_are_analysed_and_drawn(playwright, server, tmp_path):
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         context.grant_permissions(["camera"], origin=server.base)
         page = context.new_page()
+        page.add_init_script("""(() => {  // count the camera streams the page opens and which are still live
+            const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+            window.__streams = [];
+            navigator.mediaDevices.getUserMedia = async (c) => { const s = await open(c); window.__streams.push(s); return s; };
+        })()""")
+        live_tracks = "() => window.__streams.flatMap(s => s.getTracks()).filter(t => t.readyState === 'live').length"
         page.goto(server.base + "/")
         page.click("#tab-camera")
+        page.dblclick("#camera-toggle")  # start, then stop while the camera is still opening: nothing stays on
+        page.wait_for_function("() => window.__streams.length >= 1")
+        page.wait_for_timeout(500)
+        assert page.evaluate(live_tracks) == 0 and page.locator("#camera-toggle").inner_text() == "Start camera"
         page.click("#camera-toggle")
         page.wait_for_selector("#camera-overlay[data-faces='1']", timeout=20_000)
+        assert page.evaluate(live_tracks) == 1
         assert fake_emotion_for_width(96) in page.locator("#camera-faces").inner_text()
         # the overlay canvas really has the box drawn on it
         page.wait_for_function("""() => {
@@ -213,6 +292,7 @@ def test_camera_frames_are_analysed_and_drawn(playwright, server, tmp_path):
         page.click("#camera-toggle")
         page.wait_for_selector("#camera-overlay[data-faces='0']")
         assert page.evaluate("() => document.getElementById('camera-video').srcObject") is None
+        assert page.evaluate(live_tracks) == 0
         context.close()
     finally:
         browser.close()

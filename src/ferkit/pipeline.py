@@ -324,12 +324,37 @@ def draw_marker(img: np.ndarray, emotion: str, center: tuple[int, int], radius: 
         cv2.line(img, (cx - mw, my), (cx + mw, my), ink, t + 1, aa)
 
 
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (x0, y0, x1, y1) rectangles share any pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _panel_place(box, size, image_wh, taken, pad, below_tag) -> tuple[int, int] | None:
+    """Where a face's probability panel goes: right of the box, left of it, below it, or inside it under the
+    tag, the first place that fits in the image and covers no other face and no panel placed before; None
+    when there is no such place (the panel is then left out: the tag still names the emotion)."""
+    x, y, w, h = box
+    pw, ph = size
+    W, H = image_wh
+    candidates = [(x + w + pad, y), (x - pad - pw, y), (x, y + h + pad), (x, y + below_tag)]
+    for cx, cy in candidates:
+        cy = max(0, min(cy, H - ph))
+        rect = (cx, cy, cx + pw, cy + ph)
+        if cx < 0 or cx + pw > W or cy < 0 or ph > H:
+            continue
+        if not any(_overlaps(rect, t) for t in taken):
+            return cx, cy
+    return None
+
+
 def draw_results(image: np.ndarray, results: Sequence[FaceResult], *, labels: Sequence[str] | None = None,
-                 bars: bool = True, marker: bool = True, show_track: bool = True,
+                 bars: bool = True, marker: bool = True, show_track: bool = True, numbers: bool = False,
                  caption: str | None = None) -> np.ndarray:
     """An annotated BGR copy of ``image``: per face a box in its emotion's colour, a tag
-    ``[#track] emotion 93%``, an emoji-like marker, and a bar per label with its probability.
-    ``caption`` (e.g. ``"12.3 FPS"``) is written in the top-left corner. Sizes scale with the image."""
+    ``[#track] emotion 93%`` (``numbers``: ``1. emotion 93%``, the face's place in ``results``, as lists of
+    the faces number them), an emoji-like marker, and a bar per label with its probability (left out for a
+    face whose panel would cover another face or panel). ``caption`` (e.g. ``"12.3 FPS"``) is written in the
+    top-left corner. Sizes scale with the image."""
     out = as_bgr(image).copy()
     H, W = out.shape[:2]
     unit = max(0.6, min(H, W) / 480.0)
@@ -342,10 +367,12 @@ def draw_results(image: np.ndarray, results: Sequence[FaceResult], *, labels: Se
         x, y, w, h = (int(v) for v in r.box)
         cv2.rectangle(out, (x, y), (x + w, y + h), emotion_color(r.emotion), thick, aa)
     if bars:
-        for r in results:
+        boxes = [tuple(int(v) for v in r.box) for r in results]
+        panels: list[tuple[int, int, int, int]] = []
+        for i, r in enumerate(results):
             if not r.probabilities:
                 continue
-            x, y, w, h = (int(v) for v in r.box)
+            x, y, w, h = boxes[i]
             names = list(labels) if labels is not None else list(r.probabilities)
             bfs = 0.38 * unit
             row = int(max(9, 13 * unit))
@@ -353,15 +380,12 @@ def draw_results(image: np.ndarray, results: Sequence[FaceResult], *, labels: Se
             bar_len = int(50 * unit)
             panel_w = name_w + bar_len + 3 * pad
             panel_h = row * len(names) + pad
-            px0 = x + w + pad
-            py0 = y
-            if px0 + panel_w > W:  # no room on the right: try the left, else inside the box
-                if x - pad - panel_w >= 0:
-                    px0 = x - pad - panel_w
-                else:
-                    px0 = max(0, min(W - panel_w, x))
-                    py0 = y + int(40 * unit)  # below the tag, which then sits inside the box's top
-            py0 = max(0, min(py0, H - panel_h))
+            others = [(bx, by, bx + bw, by + bh) for j, (bx, by, bw, bh) in enumerate(boxes) if j != i]
+            place = _panel_place((x, y, w, h), (panel_w, panel_h), (W, H), others + panels, pad, int(40 * unit))
+            if place is None:
+                continue
+            px0, py0 = place
+            panels.append((px0, py0, px0 + panel_w, py0 + panel_h))
             roi = out[py0:py0 + panel_h, px0:px0 + panel_w]
             if roi.size:
                 roi[:] = (roi.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken for contrast
@@ -372,10 +396,14 @@ def draw_results(image: np.ndarray, results: Sequence[FaceResult], *, labels: Se
                 bx0 = px0 + 2 * pad + name_w
                 cv2.rectangle(out, (bx0, yy + 2), (bx0 + max(1, int(bar_len * p)), yy + row - 2),
                               emotion_color(name), -1)
-    for r in results:
+    for i, r in enumerate(results):
         x, y, w, h = (int(v) for v in r.box)
         color = emotion_color(r.emotion)
-        tag = (f"#{r.track} " if (show_track and r.track is not None) else "") + f"{r.emotion} {r.score * 100:.0f}%"
+        if numbers:
+            prefix = f"{i + 1}. "
+        else:
+            prefix = f"#{r.track} " if (show_track and r.track is not None) else ""
+        tag = prefix + f"{r.emotion} {r.score * 100:.0f}%"
         fs = 0.5 * unit
         ft = max(1, int(round(unit)))
         (tw, th), base = cv2.getTextSize(tag, font, fs, ft)

@@ -76,6 +76,7 @@ class ServerAnalyzer:
         self.model_name = str(model_name or getattr(analyzer, "model_name", None) or type(analyzer).__name__)
         self.thread_safe = bool(getattr(analyzer, "thread_safe", False))
         self._draw = getattr(analyzer, "draw", None)
+        self._draw_numbers = _takes_keyword(self._draw, "numbers")  # number the faces as the page's cards do
         self._lock = threading.Lock()
 
     def analyze(self, image_bgr: np.ndarray) -> list[Face]:
@@ -90,12 +91,26 @@ class ServerAnalyzer:
         """An annotated copy of the image (boxes, labels); the analyzer's own ``draw`` when it has one."""
         if callable(self._draw):
             try:
-                out = self._draw(image_bgr, [f.raw if f.raw is not None else f for f in faces])
+                extra = {"numbers": True} if self._draw_numbers else {}
+                out = self._draw(image_bgr, [f.raw if f.raw is not None else f for f in faces], **extra)
                 if isinstance(out, np.ndarray) and out.shape[:2] == image_bgr.shape[:2]:
                     return out
             except Exception:  # noqa: BLE001 - fall back to the server's drawing rather than fail the request
                 pass
         return draw_faces(image_bgr, faces)
+
+
+def _takes_keyword(fn, name: str) -> bool:
+    """Whether callable ``fn`` accepts keyword ``name`` (directly or through ``**kwargs``)."""
+    import inspect
+
+    if not callable(fn):
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def draw_faces(image_bgr: np.ndarray, faces: list[Face]) -> np.ndarray:

@@ -68,6 +68,15 @@
   }
 
   // ---------------------------------------------------------------- health
+  function plural(n, unit) { return `${n} ${unit}${n === 1 ? "" : "s"}`; }
+  function retentionText(hours) {  // 1.5 -> "1 hour 30 minutes", 0.002 -> "less than a minute"
+    const minutes = Math.round(hours * 60);
+    if (minutes < 1) return "less than a minute";
+    if (minutes < 60) return plural(minutes, "minute");
+    if (hours >= 48) return plural(Math.round(hours / 24 * 10) / 10, "day");
+    const h = Math.floor(minutes / 60), m = minutes % 60;
+    return plural(h, "hour") + (m ? " " + plural(m, "minute") : "");
+  }
   async function checkHealth() {
     try {
       const h = await api("/health");
@@ -78,7 +87,7 @@
       els.uploadLimits.textContent = "JPEG, PNG, WebP, BMP, TIFF or GIF · up to " + mib(limits.max_upload_bytes);
       if (limits.retention_hours) {
         const hrs = limits.retention_hours;
-        els.retentionNote.textContent = "Stored images are deleted after " + (hrs >= 1 ? Math.round(hrs) + " hours" : Math.round(hrs * 60) + " minutes") + ".";
+        els.retentionNote.textContent = "Stored images are deleted after " + retentionText(hrs) + ".";
       }
     } catch (e) {
       els.health.classList.add("bad");
@@ -96,7 +105,7 @@
       t.tabIndex = on ? 0 : -1;
       $(t.getAttribute("aria-controls")).hidden = !on;
     });
-    if (tab.id !== "tab-camera" && camera.running) stopCamera();
+    if (tab.id !== "tab-camera" && (camera.running || camera.starting)) stopCamera();
   }
   tabs.forEach((tab, i) => {
     tab.addEventListener("click", () => selectTab(tab));
@@ -111,6 +120,10 @@
   });
 
   // ---------------------------------------------------------------- analysing
+  // Only the answer to the latest request is shown (an earlier, slower one is ignored when it arrives), and
+  // the busy state lasts until that latest answer; the URL form sends nothing while its request is out.
+  let analysisSeq = 0;
+  const urlSubmit = els.urlForm.querySelector('button[type="submit"]');
   async function analyzeFile(file, label) {
     showError("");
     if (!file) return;
@@ -120,13 +133,20 @@
     }
     const form = new FormData();
     form.append("file", file, file.name || "image");
-    setStatus("Analysing " + (label || file.name || "the image") + "…", true);
+    await analyze({ method: "POST", body: form }, "Analysing " + (label || file.name || "the image") + "…");
+  }
+
+  async function analyze(request, busyText) {
+    const seq = ++analysisSeq;
+    setStatus(busyText, true);
     try {
-      const result = await api("/analyze", { method: "POST", body: form });
+      const result = await api("/analyze", request);
+      if (seq !== analysisSeq) { refreshHistory(); return; }  // a newer request is out: its answer is shown
       showResult(result);
       setStatus(summaryLine(result), false);
       refreshHistory();
     } catch (e) {
+      if (seq !== analysisSeq) return;
       setStatus("", false);
       showError(e.message);
     }
@@ -134,17 +154,12 @@
 
   async function analyzeUrl(url) {
     showError("");
-    setStatus("Fetching and analysing the image…", true);
+    urlSubmit.disabled = true;
     try {
-      const result = await api("/analyze", {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url }),
-      });
-      showResult(result);
-      setStatus(summaryLine(result), false);
-      refreshHistory();
-    } catch (e) {
-      setStatus("", false);
-      showError(e.message);
+      await analyze({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url }) },
+        "Fetching and analysing the image…");
+    } finally {
+      urlSubmit.disabled = false;
     }
   }
 
@@ -189,6 +204,7 @@
   });
   els.urlForm.addEventListener("submit", (ev) => {
     ev.preventDefault();
+    if (urlSubmit.disabled) return;  // Enter pressed again while the first request is out
     const url = els.urlInput.value.trim();
     if (!/^https?:\/\/\S+$/i.test(url)) {
       showError("Enter an address that starts with http:// or https://");
@@ -298,13 +314,21 @@
 
   async function deleteResult(id) {
     showError("");
+    const items = Array.from(els.history.querySelectorAll(".history-item"));
+    const at = items.findIndex((li) => li.dataset.id === id);
+    const hadFocus = at >= 0 && items[at].contains(document.activeElement);
     try {
       await api("/results/" + encodeURIComponent(id), { method: "DELETE" });
       if (current && current.id === id) clearResult();
       setStatus("The analysis and its images were deleted.", false);
-      refreshHistory();
     } catch (e) {
-      showError(e.message);
+      showError(e.message);  // e.g. deleted meanwhile elsewhere: the list below is refreshed either way
+    }
+    await refreshHistory();
+    if (hadFocus) {  // keep a keyboard user in the list: the item now at that place, else the list's button
+      const next = els.history.querySelectorAll(".history-item .history-delete")[at] ||
+        els.history.querySelector(".history-item:last-child .history-delete");
+      (next || els.historyRefresh).focus();
     }
   }
   els.resultDelete.addEventListener("click", () => { if (current) deleteResult(current.id); });
@@ -337,7 +361,16 @@
     });
   }
 
+  let historyLoading = null;
   async function loadHistory(reset) {
+    if (historyLoading) {  // one page request at a time: a double click must not add a page twice
+      if (!reset) return historyLoading;
+      await historyLoading.catch(() => {});
+    }
+    historyLoading = loadHistoryPage(reset);
+    try { await historyLoading; } finally { historyLoading = null; }
+  }
+  async function loadHistoryPage(reset) {
     const params = new URLSearchParams({ limit: String(HISTORY_PAGE) });
     if (!reset && historyCursor) params.set("cursor", historyCursor);
     try {
@@ -357,25 +390,38 @@
   els.historyRefresh.addEventListener("click", refreshHistory);
 
   // ---------------------------------------------------------------- camera
-  const camera = { running: false, stream: null, timer: null, inFlight: false, faces: [], frameW: 0, frameH: 0,
+  const camera = { running: false, starting: false, wanted: false, stream: null, timer: null, inFlight: false, faces: [], frameW: 0, frameH: 0,
     sent: 0, answered: [], lastLatency: 0, raf: 0 };
   const grab = document.createElement("canvas");
 
+  function cameraTabShown() { return $("tab-camera").getAttribute("aria-selected") === "true"; }
+
   async function startCamera() {
     showError("");
+    if (camera.starting || camera.running) return;  // one stream at a time, whatever the clicks
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       showError("This browser cannot open a camera here (it needs https:// or http://localhost).");
       return;
     }
+    camera.starting = true;
+    camera.wanted = true;
+    let stream;
     try {
-      camera.stream = await navigator.mediaDevices.getUserMedia({
+      stream = await navigator.mediaDevices.getUserMedia({
         video: { width: { ideal: 640 }, height: { ideal: 480 }, facingMode: "user" }, audio: false,
       });
     } catch (e) {
       showError(e.name === "NotAllowedError" ? "Camera permission was denied. Allow it in the browser and try again."
         : "The camera could not be opened (" + (e.message || e.name) + ").");
       return;
+    } finally {
+      camera.starting = false;
     }
+    if (!camera.wanted || !cameraTabShown() || document.hidden) {  // stopped, or the tab left, while it opened
+      stream.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    camera.stream = stream;
     els.video.srcObject = camera.stream;
     try { await els.video.play(); } catch (e) { /* autoplay with muted video is allowed */ }
     camera.running = true;
@@ -390,6 +436,7 @@
   }
 
   function stopCamera() {
+    camera.wanted = false;
     camera.running = false;
     clearTimeout(camera.timer);
     cancelAnimationFrame(camera.raf);
@@ -433,6 +480,7 @@
           camera.answered.push(performance.now());
           camera.answered = camera.answered.filter((t) => performance.now() - t < 3000);
           if (camera.running) {
+            if (camera.failed) { showError(""); camera.failed = false; }  // the server answers again
             camera.faces = r.faces;
             camera.frameW = r.width; camera.frameH = r.height;
             camera.videoW = w; camera.videoH = h;
@@ -441,6 +489,7 @@
         }
       } catch (e) {
         showError(e.message);
+        camera.failed = true;
       } finally {
         camera.inFlight = false;
       }
@@ -500,7 +549,7 @@
     camera.raf = requestAnimationFrame(drawOverlay);
   }
 
-  els.cameraToggle.addEventListener("click", () => (camera.running ? stopCamera() : startCamera()));
+  els.cameraToggle.addEventListener("click", () => (camera.running || camera.starting ? stopCamera() : startCamera()));
   els.cameraMirror.addEventListener("change", () => els.cameraStage.classList.toggle("mirrored", els.cameraMirror.checked));
   els.cameraStage.classList.toggle("mirrored", els.cameraMirror.checked);
   els.cameraSnapshot.addEventListener("click", async () => {
@@ -509,12 +558,16 @@
     const stamp = new Date().toISOString().slice(0, 19).replace(/[-:T]/g, "");
     analyzeFile(new File([blob], `camera-${stamp}.jpg`, { type: "image/jpeg" }), "the snapshot");
   });
-  document.addEventListener("visibilitychange", () => { if (document.hidden && camera.running) stopCamera(); });
+  document.addEventListener("visibilitychange", () => { if (document.hidden && (camera.running || camera.starting)) stopCamera(); });
 
   // ---------------------------------------------------------------- start
   checkHealth();
   setInterval(checkHealth, 30000);
   refreshHistory();
-  const m = location.hash.match(/^#result=([0-9a-f]{32})$/);
-  if (m) openResult(m[1]);
+  function openFromHash() {
+    const m = location.hash.match(/^#result=([0-9a-f]{32})$/);
+    if (m && (!current || current.id !== m[1])) openResult(m[1]);
+  }
+  window.addEventListener("hashchange", openFromHash);  // a bookmarked address pasted into this tab
+  openFromHash();
 })();
