@@ -347,6 +347,20 @@ def test_evaluate_unseen_leaves_out_test_images_that_occur_in_training(tiny_run,
     assert out["unseen"] == {"left_out_also_in_training": 0, "scored": out["n"]} and out["n"] == len(sp.test)
 
 
+def test_unseen_checks_the_whole_training_split_whatever_limit_or_clean_say(tiny_run, tmp_path):
+    """--unseen compares with Training as the file holds it: not with its first --limit rows, and not with what
+    --clean duplicates left of it (that rule removes exactly Training's copies of test images)."""
+    csv, _, onnx_path, _ = tiny_run
+    header, *rows = csv.read_text().splitlines()
+    training = [r for r in rows if r.endswith(",Training")]
+    copies = [r.rsplit(",", 1)[0] + ",PrivateTest" for r in training[-2:]]  # the LAST Training images
+    leaky = tmp_path / "leaky.csv"
+    leaky.write_text("\n".join([header, *copies, *rows]) + "\n")  # the copies are the first PrivateTest rows
+    for extra in ({}, {"limit": 5}, {"clean": ["duplicates"]}):
+        res = evaluate(onnx_path, leaky, split="PrivateTest", unseen=True, **extra)
+        assert res["unseen"]["left_out_also_in_training"] == 2, extra
+
+
 def test_save_report_writes_plots_and_json(tiny_run, tmp_path):
     csv, run, onnx_path, _ = tiny_run
     res = evaluate(onnx_path, csv, split="PrivateTest")

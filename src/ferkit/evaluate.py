@@ -108,7 +108,7 @@ def _load_torch(model, *, threads: int | None = None) -> LoadedModel:
 
 
 def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | None, seed: int | None,
-                      limit: int | None, splits_kwargs: dict) -> tuple[Any, dict]:
+                      limit: int | None, splits_kwargs: dict, unseen: bool = False) -> tuple[Any, dict]:
     from .data import Splits, Subset, prepare_splits
 
     if isinstance(data, Subset):
@@ -152,6 +152,11 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
     if splits.info.get("pack"):
         meta["pack"] = splits.info["pack"]
     meta["_train"] = splits.train
+    if unseen and (limit is not None or splits_kwargs.get("clean") or splits_kwargs.get("ferplus")):
+        # "seen" means in the Training split as the file holds it: not only its first `limit` rows, not what
+        # --clean left of it (the duplicates rule removes exactly the copies of test images), not FER+'s subset
+        ref_set = "fer7" if label_set == "ferplus8" and not os.path.isdir(str(data)) else label_set
+        meta["_train"] = prepare_splits(str(data), label_set=ref_set, split=method, seed=seed).train
     return splits.get(split), meta
 
 
@@ -209,7 +214,7 @@ def evaluate(
     labels, n, split, model, model_kind, device, arch, data, data_sha256, tta, temperature, seconds, faces_per_s.
     """
     lm = load_model(model, threads=threads, temperature=temperature)
-    subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs)
+    subset, data_meta = _subset_from_data(subset_or_data, split, lm, split_method, seed, limit, splits_kwargs, unseen)
     split = data_meta.pop("split")
     train = data_meta.pop("_train", None)
     dropped = None

@@ -49,12 +49,20 @@ def _teacher_text(prov: dict, blended: bool = False) -> str:
     return f"from {names}; target = {1 - t.get('weight', 0):g} x {base} + {t.get('weight'):g} x {probs}{when}"
 
 
+def _data_file_text(prov: dict) -> str:
+    """``FER2013 `fer2013.csv.gz` sha256 `...` `` naming the file that was hashed (its bytes: a .gz's hash is not
+    that of the CSV inside it)."""
+    path = (prov.get("data") or {}).get("data")
+    name = os.path.basename(str(path)) if path else "fer2013.csv"
+    return f"FER2013 `{name}` sha256 `{prov.get('data_sha256')}` (of the file's bytes)"
+
+
 def _single_sections(meta: dict, prov: dict, cfg: dict, notes: str | None) -> list[str]:
     """Data, selection and recipe of a model exported from one training run."""
     return [
         "## Data and selection",
         "",
-        f"- Training data: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split only "
+        f"- Training data: {_data_file_text(prov)}, Training split only "
         f"({(prov.get('data') or {}).get('sizes', {}).get('train', '?')} images), label set {meta.get('label_set')}.",
         f"- Model selection: the epoch with the best PublicTest accuracy (epoch {prov.get('best_epoch')} of "
         f"{cfg.get('epochs', '?')} planned, PublicTest {_pct(prov['best_val_acc']) if prov.get('best_val_acc') is not None else '?'} during training). "
@@ -135,7 +143,7 @@ def _ensemble_sections(meta: dict, prov: dict, notes: str | None) -> list[str]:
         "## Data and selection",
         "",
         f"- An ensemble of {len(members)} networks: the output is the weighted mean of their softmax probabilities.",
-        f"- Training data of every member: FER2013 `fer2013.csv` sha256 `{prov.get('data_sha256')}`, Training split "
+        f"- Training data of every member: {_data_file_text(prov)}, Training split "
         f"only ({data.get('sizes', {}).get('train', '?')} images), split `{data.get('split')}`; each member's "
         "checkpoint is its epoch with the best PublicTest accuracy. PrivateTest was not used for any choice.",
         "",

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--unseen", action="store_true", help="leave out the test images that also occur in Training")
     p.add_argument("--ferplus", default=None, help="FER+ fer2013new.csv (as for ferkit evaluate)")
     p.add_argument("--ferplus-protocol", choices=("plurality", "reference"), default=None)
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each split, counted after label filtering such as --ferplus (quick check)")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object instead of the table")
     p.set_defaults(func=run)
 

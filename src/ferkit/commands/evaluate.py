@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--unseen", action="store_true",
                    help="score only the test images that do not also occur, pixel for pixel, in Training (FER2013's "
                         "PrivateTest shares 288 images with Training; the full split is the standard protocol)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N rows of each split (quick check)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each split, counted after label filtering such as --ferplus (quick check)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all usable)")
     p.add_argument("--json", action="store_true", help="print one JSON object to stdout and nothing else")

@@ -42,7 +42,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 class RecoveryUNet(nn.Module):
     """U-Net for 1-channel faces whose sides are divisible by 8; input and output are 0..1 floats
-    (N, 1, H, W). ``base``: channels of the first level (16 -> about 0.47 M parameters)."""
+    (N, 1, H, W). ``base``: channels of the first level (16 -> about 0.49 M parameters)."""
 
     def __init__(self, base: int = 16):
         super().__init__()
