@@ -795,6 +795,21 @@ def test_quantize_widens_a_float16_ensemble_exactly_before_quantizing(exported_p
     assert (q.predict(faces) == EmotionClassifier(half).predict(faces)).mean() >= 0.85
 
 
+def test_half_keeps_the_int8_scales_of_quantized_members(tmp_path):
+    """--half on an ensemble with int8 members (the bundled accurate) converts their float weights only: the
+    quantization scales stay float32 (rounded to float16 they moved the answers by 7e-3 and the export failed)."""
+    from onnx import TensorProto
+
+    from ferkit.onnx_ensemble import combine_onnx
+
+    info = combine_onnx(["accurate"], tmp_path / "half.onnx", half=True)
+    assert info["max_abs_diff"] <= 2e-3
+    graph = onnx.load(str(tmp_path / "half.onnx")).graph
+    dtypes = {t.name: t.data_type for t in graph.initializer}
+    scales = [n.input[1] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[1] in dtypes]
+    assert scales and all(dtypes[name] == TensorProto.FLOAT for name in scales)
+
+
 def test_an_int8_ensemble_splits_into_int8_members_that_combine_back(exported_pair, tiny_run, tmp_path):
     """`ferkit export accurate --split` on the bundled int8 files: the int8 export also quantizes the weighted sum
     of the members' probabilities, so the members' mean differs from the file by up to a few 1/255 steps; the

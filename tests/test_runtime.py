@@ -287,3 +287,21 @@ def test_public_names_are_listed_and_star_import_gives_the_lazy_ones():
         "print('OK')\n"
     )
     assert run_fresh_python(code) == "OK"
+
+
+def test_commands_without_their_extra_say_which_to_install(tmp_path):
+    """On the base install (no torch, no matplotlib) the training commands answer with the extra to install,
+    not a traceback; simulated here by hiding the modules in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'matplotlib'): sys.modules[m] = None  # as if not installed\n"
+        "from ferkit.cli import main\n"
+        f"rc = main(['train', '--data', 'x.csv', '--arch', 'fastres_s', '--out', {str(tmp_path / 'r')!r}])\n"
+        "rc2 = main(['models'])\n"
+        "print(rc, rc2)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["2", "2"], out.stderr[-1500:]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("ferkit: error:")]
+    assert len(lines) == 2 and all("pip install 'ferkit[train]'" in line for line in lines), out.stderr
+    assert "Traceback" not in out.stderr

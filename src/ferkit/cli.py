@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the optional dependencies and the extra that installs each (pip install 'ferkit[EXTRA]')
+EXTRA_OF = {"torch": "train", "onnx": "train", "onnxscript": "train", "matplotlib": "train", "skimage": "train",
+            "fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+            "httpx": "serve", "PIL": "serve", "fastapi_offline": "serve"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,6 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except FerkitError as e:
         print(f"ferkit: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRA_OF:
+            raise
+        extra = EXTRA_OF[top]
+        print(f"ferkit: error: `ferkit {args.command}` needs {top}, which is part of the {extra} extra: "
+              f"pip install 'ferkit[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ferkit: interrupted", file=sys.stderr)

@@ -141,13 +141,16 @@ def _expand(source: str, proto, meta: dict[str, Any], weight: float) -> list[Mem
 def half_weights(proto, min_elements: int = HALF_MIN_ELEMENTS) -> int:
     """Store the float32 initializers of ``proto`` (in place) as float16, each behind a Cast to float32.
 
-    Returns the number of tensors converted. A value beyond float16's range is an error (nothing changed)."""
+    The scales and zero points of int8 (QDQ) parts stay float32: they set the int8 grid, and rounding them to
+    float16 moves every weight they scale. Returns the number of tensors converted. A value beyond float16's
+    range is an error (nothing changed)."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
     graph = proto.graph
+    quant = {name for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input[1:]}
     todo = [t for t in graph.initializer
-            if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) >= min_elements]
+            if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) >= min_elements and t.name not in quant]
     arrays = {}
     for t in todo:
         a = numpy_helper.to_array(t)

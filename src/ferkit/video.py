@@ -109,7 +109,8 @@ class FrameReader:
             self._cap.release()
             if self.is_camera:
                 raise FerkitError(f"cannot open camera {target}; is it connected and free? (try another index, "
-                                  "or --source video.mp4)")
+                                  "or analyse a video file instead: `ferkit predict clip.mp4`, "
+                                  "`ferkit live --source clip.mp4`)")
             raise FerkitError(f"{target}: cannot open as a video (corrupt, or a format OpenCV's FFmpeg cannot read)")
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if math.isfinite(fps) and 1.0 <= fps <= 1000.0 else 30.0
