@@ -57,6 +57,28 @@ def test_pack_round_trip_equals_the_csv(csv_pair, tmp_path):
         assert json.loads(str(z["meta"].reshape(-1)[0]))["source_sha256"] == b.sha256
 
 
+def test_a_partial_pack_refuses_the_duplicates_rule_and_a_max_mb_it_cannot_meet(csv_pair, tmp_path, monkeypatch):
+    """Without PrivateTest in the pack, Training's copies of test images cannot be found: the duplicates rule
+    is refused rather than silently keeping them. And a --max-mb below one block's packed size is refused."""
+    csv, _ = csv_pair
+    part = tmp_path / "tp.npz"
+    P.write_pack(csv, part, splits=["Training", "PublicTest"])
+    with pytest.raises(FerkitError, match="duplicates rule"):
+        prepare_splits(part, clean=["blank", "duplicates"])
+    with pytest.raises(FerkitError, match="duplicates rule"):
+        prepare_splits(part, clean="blank,duplicates:all")
+    prepare_splits(part, clean=["blank"])  # the other rules need no other split
+    rng = np.random.default_rng(1)
+    lines = ["emotion,pixels,Usage"] + [f"{i % 7},{' '.join(map(str, rng.integers(0, 256, 2304)))},Training"
+                                        for i in range(600)]
+    noise = tmp_path / "noise.csv"
+    noise.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(P, "CHUNK", 500)  # one block of 500 noisy faces is ~1.2 MB
+    with pytest.raises(FerkitError, match="--max-mb 1 cannot be met"):
+        P.write_pack(noise, tmp_path / "big.npz", max_mb=1)
+    assert not list(tmp_path.glob("big*")) and not list(tmp_path.glob(".big.npz.tmp*"))
+
+
 def test_pack_in_parts_of_a_given_size(tmp_path, monkeypatch):
     # noisy images barely compress: 1,000 of them (2.3 MB) in blocks of 100 must need three parts of <= 1 MB
     rng = np.random.default_rng(0)

@@ -124,6 +124,11 @@ def test_settings_precedence(tiny_fer_csv, tmp_path):
     assert c.augment["rotate"] == 10.0 and c.augment["erase"] == 0.25 and c.augment["crop"] == 0
     c = resolve_config(TrainConfig(**base, recipe="cpu-fast", lr=0.03, augment={"rotate": 5.0}))  # explicit wins
     assert c.lr == 0.03 and c.augment["rotate"] == 5.0 and c.augment["erase"] == 0.25
+    # oleniuk's source recipe under-samples happy to 5,800; an explicit --sampling none drops that cap too
+    ole = dict(base, arch="oleniuk")
+    assert resolve_config(TrainConfig(**ole)).sample_cap == {"happy": 5800}
+    c = resolve_config(TrainConfig(**ole, sampling="none"))
+    assert c.sampling == "none" and c.sample_cap is None
 
 
 def test_cpu_2h_recipe_is_cpu_fast_for_160_epochs_with_a_weight_average(tiny_fer_csv, tmp_path):
@@ -653,6 +658,8 @@ def test_balanced_run_records_settings(tiny_fer_csv, tmp_path):
     (["--arch", "fastres_s", "--model-opt", "nosuch=1"], "cannot be built with --model-opt nosuch=1"),
     (["--arch", "fastres_s", "--model-opt", "dropout=abc"], "cannot be built with --model-opt dropout='abc'"),
     (["--resume", "--overwrite"], "use one of them"),
+    (["--ferplus-weight", "0.9"], "--ferplus-weight sets how much"),  # silently ignored otherwise
+    (["--ferplus", "x.csv", "--ferplus-mode", "soft", "--ferplus-weight", "0.9"], "--ferplus-mode blend"),
 ])
 def test_bad_input_exits_2(tiny_fer_csv, tmp_path, capsys, args, message):
     argv = ["train", "--data", str(tiny_fer_csv), "--arch", TINY, "--epochs", "1", "--out", str(tmp_path / "r"),
@@ -682,6 +689,11 @@ def test_existing_run_needs_resume_or_overwrite(tiny_fer_csv, tmp_path):
     assert (tmp_path / "r" / "best.pt").read_bytes() == best
     train(TrainConfig(**cfg, overwrite=True, seed=6))
     assert json.loads((tmp_path / "r" / "config.json").read_text())["seed"] == 6
+    # --overwrite with a mistake in the data options: the error comes first, the old run is still there
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    with pytest.raises(FerkitError):
+        train(TrainConfig(**cfg, overwrite=True, ferplus=str(tmp_path / "missing.csv")))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
 
 
 def test_missing_data_option_guard(tiny_fer_csv, tmp_path, monkeypatch):

@@ -279,6 +279,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         merged.update({k: v for k, v in layer.items() if k != "augment"})
     merged["arch"] = arch
     merged["augment"] = AugmentConfig.from_dict(augment).to_dict()
+    if "sampling" in given and "sample_cap" not in given:  # an explicit sampling mode drops an inherited cap
+        merged["sample_cap"] = None
     lone = [k for k in ("teacher_weight", "teacher_temperature", "teacher_mode") if k in given]
     if lone and not merged.get("teacher"):
         raise FerkitError(f"--{lone[0].replace('_', '-')} shapes the teacher's part of the target: it needs --teacher MODEL")
@@ -291,6 +293,9 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         merged["ferplus_mode"] = merged["ferplus_mode"] or "majority"
         if "label_set" not in given and merged["ferplus_mode"] != "blend":
             merged["label_set"] = "ferplus8"
+    if "ferplus_weight" in given and merged.get("ferplus_mode") != "blend":
+        raise FerkitError("--ferplus-weight sets how much the FER+ votes weigh against FER2013's label: it needs "
+                          "--ferplus PATH --ferplus-mode blend")
     cfg = TrainConfig(**{f.name: merged.get(f.name) for f in fields(TrainConfig)})
     _check_config(cfg)
     return cfg
@@ -448,6 +453,11 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
         if v is not None and k not in RESUME_OVERRIDABLE and v != saved.get(k):
             raise FerkitError(f"--resume continues {config.out} with its saved settings; {k} was {saved.get(k)!r} "
                               f"there, not {v!r}: drop that option (or start a new run with another --out)")
+    if config.epochs is not None and config.epochs != saved.get("epochs") and saved.get("schedule") in ("cosine", "onecycle"):
+        print(f"ferkit: note: --resume --epochs {config.epochs}: this run's {saved['schedule']} learning-rate schedule "
+              f"was planned over {saved.get('epochs')} epochs and is now re-planned over {config.epochs} (the rate jumps "
+              f"where the run goes on), so the run will differ from one trained for {config.epochs} epochs from the "
+              "start; constant and plateau schedules do not depend on --epochs", file=sys.stderr)
     for k in RESUME_OVERRIDABLE:
         v = getattr(config, k)
         if v is not None:
@@ -998,12 +1008,6 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     run_dir = Path(cfg.out)
     if resume_ckpt is None:
         _check_run_dir(cfg)  # every process, so that all of them stop on a user error
-        if rt.main:
-            _prepare_run_dir(cfg)
-    if rt.world_size > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # the run directory is ready before anyone goes on
 
     # 3. data: splits, converted once by the one preprocessing function --------------------------
     splits = _load_splits(cfg)
@@ -1062,6 +1066,13 @@ def _train(cfg: TrainConfig, rt: Runtime, resume_ckpt: dict[str, Any] | None) ->
     val_x = torch.from_numpy(prepare_faces(splits.val.images, spec)).to(data_device)
     val_y = torch.from_numpy(np.asarray(splits.val.labels, np.int64)).to(data_device)
     caps = _sample_caps(cfg, labels)
+    # only now, with the data, FER+ votes and teachers checked, may --overwrite clear an earlier run
+    if resume_ckpt is None and rt.main:
+        _prepare_run_dir(cfg)
+    if rt.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the run directory is ready before anyone goes on
 
     # the epoch length is fixed by the class counts, so the schedule knows the total step count
     n_epoch = len(epoch_indices(splits.train.labels, seed=cfg.seed, epoch=0, mode=cfg.sampling, cap=caps))

@@ -191,6 +191,10 @@ def write_pack(
             meta = {**base, "part": i + 1, "parts": len(zfs), "part_files": names, "part_chunks": assignment[i]}
             _write_array(zf, META, np.array(json.dumps(meta)))
             zf.close()
+        biggest = max(t.stat().st_size for t in tmp_files)
+        if limit is not None and biggest > limit * 1.02:  # a part holds at least one block of CHUNK images
+            raise FerkitError(f"--max-mb {max_mb:g} cannot be met: one block of {CHUNK} faces packs to "
+                              f"{biggest / 1e6:.1f} MB here; give --max-mb {np.ceil(biggest / 1e6 + 0.5):g} or more")
         finals = [out.with_name(n) for n in names]
         existing = [f for f in finals if f.exists()]
         if existing and not overwrite:

@@ -221,6 +221,12 @@ def prepare_splits(
         raise FerkitError(f"no such file or folder: {data}; pass a FER2013 CSV (.csv or .csv.gz) or an image folder")
     if isinstance(data, Fer2013) or not os.path.isdir(data):
         ds = data if isinstance(data, Fer2013) else load_fer2013(data, skip_bad=skip_bad)
+        from .clean import parse_rules
+
+        if any(rule == "duplicates" for rule, _ in parse_rules(clean)) and ds.pack and len(ds.pack["splits"]) < len(USAGES):
+            raise FerkitError(f"{ds.path} is a pack of {', '.join(ds.pack['splits'])} only; the duplicates rule drops "
+                              "Training's copies of validation and test images, so it needs every split to find "
+                              "them: pack all three (ferkit data pack without --splits), or clean from the CSV")
         if split == "random" and ds.pack and len(ds.pack["splits"]) < len(USAGES):
             raise FerkitError(f"{ds.path} is a pack of {', '.join(ds.pack['splits'])} only; the random split pools all "
                               "three Usage splits, so pack all of them (ferkit data pack without --splits)")
