@@ -512,6 +512,14 @@ def test_draw_results(analyzer):
     assert (blank == img).all()
 
 
+def test_analyzer_refuses_bad_detection_settings(model_path):
+    for kw in ({"pad": -1}, {"pad": 3}, {"pad": "wide"}, {"max_side": 0}, {"max_side": 10}, {"max_side": 500.5}):
+        with pytest.raises(FerkitError, match="pad is a border|max_side must be"):
+            pipeline.Analyzer(str(model_path), detector=SquareDetector(), **kw)
+    a = pipeline.Analyzer(str(model_path), detector=SquareDetector(), pad=0.25, max_side=640)
+    assert (a.pad, a.max_side) == (0.25, 640)
+
+
 def test_probability_panels_never_cover_another_face():
     """Two faces side by side with a small gap: each panel goes where it covers no other face (the first's
     used to land on the second), and a face with no free place gets no panel rather than a covering one."""

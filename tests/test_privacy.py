@@ -182,3 +182,35 @@ def test_privacy_report_bad_input(tmp_path):
     assert main(base + ["--methods", "blur-2,blur-2"]) == 2
     assert main(["privacy-report", "--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r" / "privacy_report.json").exists()
+
+
+def test_obfuscation_edge_cases_hide_the_face_quickly():
+    """Huge strengths give one flat block at once (pixelate used to allocate 47 GiB, blur to run for minutes);
+    blur keeps a (H, W, 1) image's shape; fill makes an alpha channel opaque (a box, not a hole); strengths
+    that would change nothing are refused by the anonymizer."""
+    import importlib
+    import time
+
+    from ferkit.privacy.anonymize import Anonymizer
+
+    ob = importlib.import_module("ferkit.privacy.obfuscate")  # the module (the package also exports a function)
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (900, 700, 3), dtype=np.uint8)
+    t0 = time.perf_counter()
+    flat = ob.pixelate(face, 20000)
+    wide = ob.blur(face, 100000)
+    assert time.perf_counter() - t0 < 5
+    assert flat.shape == face.shape and len(np.unique(flat.reshape(-1, 3), axis=0)) == 1
+    assert wide.shape == face.shape and wide.std() < 3  # flat to within a few grey levels
+    big = ob.blur(face, 40)  # the downscaled path looks like a true Gaussian blur of that sigma
+    assert np.abs(big.astype(int) - ob.cv2.GaussianBlur(face, (241, 241), 40).astype(int)).mean() < 2
+    assert ob.blur(face[:, :, :1], 2).shape == (900, 700, 1)
+    bgra = np.dstack([face, np.full((900, 700), 255, np.uint8)])
+    filled = ob.fill(bgra, 0)
+    assert (filled[..., :3] == 0).all() and (filled[..., 3] == 255).all()
+    for method, strength in (("pixelate", 1), ("blur", 0.01)):
+        for relative in (True, False):
+            with pytest.raises(FerkitError, match="would leave faces visible"):
+                Anonymizer(method, strength, relative_strength=relative, detector="haar")
+    assert ob.strength_for_region("pixelate", 8, 6) == ob.MIN_CELL  # a tiny face still gets a real mosaic

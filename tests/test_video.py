@@ -56,6 +56,15 @@ def test_frame_reader_and_sink(clip, tmp_path):
         for _, _, f in frames:
             sink.write(f)
     assert len(list(FrameReader(tmp_path / "o" / "copy.mp4"))) == 12
+    # an odd size is padded by one pixel, not cut (OpenCV's mp4v writer cut 161x121 to 160x120, silently)
+    odd = [cv2.copyMakeBorder(f, 0, 1, 0, 1, cv2.BORDER_CONSTANT, value=(0, 0, 255)) for _, _, f in frames[:3]]
+    with VideoSink(tmp_path / "o" / "odd.mp4", fps=10) as sink:
+        for f in odd:
+            sink.write(f)
+    assert sink.size == (161, 121) and sink.written_size == (162, 122)
+    back = [f for _, _, f in FrameReader(tmp_path / "o" / "odd.mp4")]
+    assert len(back) == 3 and back[0].shape == (122, 162, 3)
+    assert back[0][60, 161, 2] > 150 and back[0][121, 80, 2] > 150  # the red last column/row is kept, then copied
     with pytest.raises(FerkitError, match="no such video"):
         FrameReader(tmp_path / "nope.mp4")
     (tmp_path / "junk.mp4").write_bytes(b"\x00junk" * 100)

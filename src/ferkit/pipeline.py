@@ -163,7 +163,17 @@ class Analyzer:
         self.largest_only = bool(largest_only)
         base = crop if crop is not None else (getattr(self.detector, "default_crop", None) or CropSpec())
         self.crop = base if align is None else base.with_(align=bool(align))
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                     or max_side < 64):
+            raise FerkitError(f"max_side must be a whole number of pixels >= 64, or None for no limit; got {max_side!r}")
         self.max_side = max_side
+        if pad is not None:
+            try:
+                pad = float(pad)
+            except (TypeError, ValueError):
+                pad = float("nan")
+            if not 0.0 <= pad <= 1.0:
+                raise FerkitError(f"pad is a border of 0..1 times the image's longer side, got {pad!r}")
         self.pad = pad
         self.labels: tuple[str, ...] = tuple(self.classifier.labels)
 

@@ -157,7 +157,10 @@ class FrameReader:
 
 class VideoSink:
     """Writes BGR frames to a video file with ``cv2.VideoWriter`` (codec ``mp4v``), opened at the first
-    frame (its size fixes the video's size; later frames of another size are resized)."""
+    frame (its size fixes the video's size; later frames of another size are resized). MPEG-4 needs even
+    sizes, and OpenCV would silently cut an odd one down: an odd width or height is instead padded by one
+    pixel on the right or bottom (a copy of the edge), so nothing is lost and every box keeps its
+    coordinates. ``size`` is the frames' size, ``written_size`` the file's."""
 
     def __init__(self, path: str | os.PathLike, fps: float, fourcc: str = "mp4v"):
         self.path = Path(path)
@@ -165,22 +168,28 @@ class VideoSink:
         self.fourcc = fourcc
         self._writer = None
         self.size: tuple[int, int] | None = None
+        self.written_size: tuple[int, int] | None = None
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
         if self._writer is None:
             h, w = frame.shape[:2]
             self.size = (w, h)
+            self.written_size = (w + w % 2, h + h % 2)
             from .io import make_output_folder
 
             make_output_folder(self.path.parent, "the video's folder")
             _check_cv2_path(self.path)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
+                                           self.written_size)
             if not self._writer.isOpened():
                 self._writer = None
                 raise FerkitError(f"cannot write the video {self.path} (codec {self.fourcc}); try a .mp4 or .avi name")
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size)
+        if self.written_size != self.size:
+            frame = cv2.copyMakeBorder(frame, 0, self.written_size[1] - self.size[1], 0,
+                                       self.written_size[0] - self.size[0], cv2.BORDER_REPLICATE)
         self._writer.write(frame)
         self.frames += 1
 

@@ -52,7 +52,8 @@ import numpy as np
 from ..errors import FerkitError
 from ..faces import Detection, detect_faces, get_detector, iou
 from ..io import IMAGE_WRITE_EXTS, write_image
-from .obfuscate import DEFAULT_STRENGTH, METHODS, check_method, obfuscate_region, strength_for_region
+from .obfuscate import (DEFAULT_STRENGTH, METHODS, MIN_CELL, MIN_SIGMA, check_method, obfuscate_region,
+                        strength_for_region)
 
 __all__ = [
     "ANONYMIZE_CONFIDENCE", "ANONYMIZE_PADS", "ANONYMIZE_MARGINS", "BORDER_PASS_MAX_SIDE", "DEFAULT_MARGIN",
@@ -302,6 +303,11 @@ class Anonymizer:
         if strength is None:
             strength = DEFAULT_STRENGTH[self.method]
         check_method(self.method, strength)
+        least = {"pixelate": MIN_CELL, "blur": MIN_SIGMA}.get(self.method)
+        if least is not None and float(strength) < least:  # a weaker setting leaves faces as they were
+            raise FerkitError(f"{self.method} strength {float(strength):g} would leave faces visible; use at least "
+                              f"{least:g} ({'the mosaic cell' if self.method == 'pixelate' else 'the Gaussian sigma'}"
+                              f"{', per 48-px face' if relative_strength else ', in pixels'})")
         self.strength = float(strength)
         self.relative_strength = bool(relative_strength)
         self.detector = get_detector(detector)
