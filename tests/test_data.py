@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -386,6 +387,42 @@ def test_folder_cache_follows_file_changes(tmp_path):
     write_image(root / "sad" / "x.png", face(98))
     b = load_image_folder(root, cache_dir=cache)
     assert len(b) == len(a) + 1 and np.array_equal(b.images[b.paths.index("happy/0.png")], face(99))
+    # the fingerprint (how evaluate knows a model was trained on this data) follows contents, not dates:
+    # a copy of the folder, or a touched file, is the same data; new pixels with the old size and date are not
+    import shutil
+
+    shutil.copytree(root, tmp_path / "copy")
+    os.utime(root / "happy" / "1.png")
+    assert load_image_folder(tmp_path / "copy", cache_dir=cache).fingerprint == b.fingerprint
+    assert load_image_folder(root, cache_dir=cache).fingerprint == b.fingerprint
+    st = os.stat(root / "happy" / "2.png")
+    flipped = cv2.imencode(".png", face(2)[:, ::-1])[1].tobytes()  # other pixels, the old modification time
+    (root / "happy" / "2.png").write_bytes(flipped)
+    os.utime(root / "happy" / "2.png", ns=(st.st_atime_ns, st.st_mtime_ns))
+    c = load_image_folder(root, cache_dir=cache)
+    assert c.fingerprint != b.fingerprint
+    assert np.array_equal(c.images[c.paths.index("happy/2.png")], face(2)[:, ::-1])  # not the cached pixels
+
+
+def test_folder_given_as_dot_non_utf8_names_limit_and_dropped_classes(tmp_path, monkeypatch):
+    root = tmp_path / "d"
+    for k, cls in enumerate(("angry", "happy", "sad")):
+        for i in range(6):
+            write_image(root / cls / f"{i}.png", face(100 * k + i))
+    try:
+        (root / "sad" / os.fsdecode(b"caf\xe9.png")).write_bytes((root / "sad" / "0.png").read_bytes())
+    except (UnicodeEncodeError, OSError):
+        pass  # a file system that refuses such names
+    monkeypatch.chdir(root)
+    fd = load_image_folder(".", cache_dir=tmp_path / "cache")  # relative paths used to lose their first letter
+    assert "angry/0.png" in fd.paths and len(fd) >= 18
+    sp = prepare_splits(str(root), limit=4)  # a sample of every class, not the first class only
+    assert len(set(sp.train.labels.tolist())) >= 2
+    only = tmp_path / "contempt_only"
+    for i in range(3):
+        write_image(only / "contempt" / f"{i}.png", face(i))
+    with pytest.raises(FerkitError, match="leaves out"):
+        prepare_splits(str(only))
 
 
 # ----------------------------------------------------------------------------------------------- FER+

@@ -13,13 +13,14 @@ sad/sadness, surprise/surprised, fear/fearful, disgust/disgusted, neutral, conte
 folder is an error that lists the folders found. ``class_map`` adds names of your own (e.g. RAF-DB's
 numbered folders).
 
-Each image is taken to be a face crop: it is decoded by OpenCV the way the inference path decodes photos
-(BGR, EXIF orientation applied), converted with :func:`ferkit.preprocess.to_gray` and resized to 48x48
+Each image is taken to be a face crop: it is decoded by :func:`ferkit.io.decode_image`, as the inference path
+decodes photos (BGR, EXIF orientation applied, transparency over white, 16-bit scaled), converted with :func:`ferkit.preprocess.to_gray` and resized to 48x48
 (area interpolation when shrinking, linear when enlarging, the same rule as ``prepare_faces``).
 An image that cannot be decoded is an error naming the file, unless ``skip_bad`` is set; then it is
 skipped and listed in ``FolderData.bad``. Files that are not images (by extension) are listed in
-``FolderData.ignored``. Decoded arrays are cached like the CSV (key: the relative paths, sizes and
-modification times of all files).
+``FolderData.ignored``. Decoded arrays are cached like the CSV (key: the relative paths, classes, splits and
+the sha256 of every file's bytes, which is also the data's fingerprint: a copied or touched folder is the
+same data, an image with new pixels is not, whatever its size and date).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ SPLIT_FOLDERS: dict[str, str] = {
     "test": "test", "testing": "test", "privatetest": "test",
 }
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: keyed by the files' contents (was: sizes and dates)
 
 
 @dataclass
@@ -74,7 +75,7 @@ class FolderData:
     split: int8 (N,), 0 train / 1 val / 2 test, or -1 in the flat layout; paths: N paths relative to
     ``root`` (the row id of image i is i); layout: 'splits' or 'flat'; class_folders: folder name ->
     class name as found; bad: (relative path, reason) of undecodable images skipped with ``skip_bad``;
-    ignored: relative paths of non-image files; fingerprint: sha256 over paths, sizes and mtimes.
+    ignored: relative paths of non-image files; fingerprint: sha256 over paths, classes, splits and file contents.
     """
 
     images: np.ndarray
@@ -148,11 +149,10 @@ def _scan_class_folders(parent: Path, root: Path, class_map: dict[str, str], whe
     for f in sorted(parent.iterdir()):
         if f.is_file() and not f.name.startswith("."):
             ignored.append(f.relative_to(root).as_posix())
-    cut = len(str(root)) + 1
     for d in dirs:
         cid = FOLDER_CLASSES.index(names[d.name])  # type: ignore[arg-type]
         for path, entry in _walk_files(str(d)):
-            rel = path[cut:].replace(os.sep, "/")
+            rel = os.path.relpath(path, root).replace(os.sep, "/")  # also right for --data . (was: "gry/...")
             if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
                 st = entry.stat()
                 items.append((rel, cid, st.st_size, st.st_mtime_ns))
@@ -216,12 +216,16 @@ def scan_image_folder(root: str | os.PathLike, class_map: dict[str, str] | None 
 
 
 def decode_face(data: bytes, size: int = 48) -> np.ndarray | None:
-    """Encoded image bytes -> uint8 (size, size) gray face crop, or None when OpenCV cannot decode it."""
-    buf = np.frombuffer(data, np.uint8)
-    if buf.size == 0:
+    """Encoded image bytes -> uint8 (size, size) gray face crop, or None when it cannot be decoded. Decoded by
+    :func:`ferkit.io.decode_image`, as ``ferkit predict`` reads photos (upright, transparency over white,
+    16-bit scaled)."""
+    from ..io import decode_image
+
+    if not data:
         return None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
+    try:
+        img = decode_image(data)
+    except FerkitError:
         return None
     gray = to_gray(img)
     if gray.shape != (size, size):
@@ -245,10 +249,22 @@ def _read_one(path: str, size: int) -> tuple[np.ndarray | None, str]:
     return face, ""
 
 
-def _fingerprint(items: list[tuple[str, int, int, int, int]], size: int) -> str:
-    """sha256 over every image's relative path, class, split, byte size and modification time."""
-    text = "".join(f"{rel}\t{cid}\t{s}\t{nbytes}\t{mtime}\n" for rel, cid, s, nbytes, mtime in items)
-    return hashlib.sha256(f"v{CACHE_VERSION} size={size}\n{text}".encode()).hexdigest()
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    return h.hexdigest()
+
+
+def _fingerprint(items: list[tuple[str, int, int, int, int]], digests: list[str], size: int) -> str:
+    """sha256 over every image's relative path, class, split and the sha256 of its bytes: the same for a copy
+    of the folder or after `touch`, different as soon as one image changes (also with its size and date)."""
+    text = "".join(f"{rel}\t{cid}\t{s}\t{d}\n" for (rel, cid, s, _, _), d in zip(items, digests))
+    return hashlib.sha256(f"v{CACHE_VERSION} size={size}\n{text}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def load_image_folder(
@@ -268,7 +284,10 @@ def load_image_folder(
     """
     rootp = Path(root)
     layout, items, folders, ignored = scan_image_folder(rootp, class_map)
-    digest = _fingerprint(items, size)
+    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        digests = list(pool.map(lambda it: _file_digest(os.path.join(rootp, it[0])), items))
+    digest = _fingerprint(items, digests, size)
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cfile = cdir / f"folder-{digest[:24]}.npz"
     images = None
@@ -281,7 +300,6 @@ def load_image_folder(
         except (OSError, KeyError, ValueError, EOFError, zlib.error):
             images = None
     if images is None:
-        n_workers = workers or min(8, (os.cpu_count() or 1) * 2)
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             results = list(pool.map(lambda it: _read_one(os.path.join(rootp, it[0]), size), items))
         ok = np.array([r[0] is not None for r in results], dtype=bool)

@@ -257,6 +257,12 @@ def prepare_splits(
         y = _folder_labels(fd, ls.name)
         images, rows, names = fd.images, np.arange(len(fd), dtype=np.int64), fd.paths
         keep = y >= 0
+        if not keep.any():
+            from .folders import FOLDER_CLASSES
+
+            found = [FOLDER_CLASSES[c] for c in sorted(set(fd.labels.tolist()))]
+            raise FerkitError(f"all {len(fd)} images under {data} are in classes label set {ls.name!r} leaves out "
+                              f"({', '.join(found)}); choose another --label-set")
         if split == "usage" and fd.layout == "splits":
             idx = [np.flatnonzero((fd.split == k) & keep) for k in range(3)]
             missing = [k for k in (1, 2) if len(np.flatnonzero(fd.split == k)) == 0]
@@ -291,7 +297,11 @@ def prepare_splits(
         )
         idx = [all_idx[(split_of == k) & alive] for k in range(len(idx))]
     if limit is not None:
-        idx = [i[:limit] for i in idx]
+        if names is not None:  # image folders list class by class: a seeded sample, not the first class only
+            rng = np.random.default_rng(seed)
+            idx = [np.sort(rng.permutation(i)[:limit]) for i in idx]
+        else:
+            idx = [i[:limit] for i in idx]
     subsets = [Subset(images[i], y[i], rows[i], None if soft is None else soft[i]) for i in idx]
     info.update({
         "label_set": ls.name, "split": split, "split_used": split_used, "seed": seed, "limit": limit,
