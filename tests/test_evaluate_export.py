@@ -294,6 +294,10 @@ def test_evaluate_follows_the_models_split_method(tiny_run):
     assert res["n"] == len(expected) != 42
     assert [res["true_counts"][lab] for lab in res["labels"]] == np.bincount(expected.labels, minlength=7).tolist()
     assert evaluate(ckpt, csv, split="test", split_method="usage")["n"] == 42
+    # on other data the model's random split means nothing: that data's own splits are scored
+    other = {**ckpt, "data": {**ckpt["data"], "data_sha256": "0" * 64}}
+    res = evaluate(other, csv, split="test")
+    assert res["split_method"] == "usage" and res["n"] == 42
 
 
 def test_evaluate_split_all_scores_other_data_whole_and_refuses_the_models_own(tiny_run, tmp_path, monkeypatch):

@@ -139,6 +139,10 @@ def _subset_from_data(data, split: str, lm: LoadedModel, split_method: str | Non
         )
     sha = splits.info.get("data_sha256")
     trained_on_it = bool(sha) and sha == lm.data_info.get("data_sha256")
+    if not trained_on_it and not split_method and method != "usage":
+        # the model's own random split means nothing on other data: use that data's Usage column / split folders
+        method = "usage"
+        splits = prepare_splits(str(data), label_set=label_set, split=method, seed=seed, limit=limit, **splits_kwargs)
     if split is None:  # a folder of labelled photos without split folders is scored whole, unless it trained the model
         split = "all" if splits.info.get("layout") == "flat" and not trained_on_it else "PrivateTest"
     if split.lower() == "all" and trained_on_it:
