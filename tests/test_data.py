@@ -418,6 +418,8 @@ def test_folder_given_as_dot_non_utf8_names_limit_and_dropped_classes(tmp_path, 
     assert "angry/0.png" in fd.paths and len(fd) >= 18
     sp = prepare_splits(str(root), limit=4)  # a sample of every class, not the first class only
     assert len(set(sp.train.labels.tolist())) >= 2
+    os.symlink("..", root / "happy" / "up")  # a link loop: walked once, no endless descent or traceback
+    assert len(load_image_folder(root, cache_dir=tmp_path / "cache")) == len(fd)
     only = tmp_path / "contempt_only"
     for i in range(3):
         write_image(only / "contempt" / f"{i}.png", face(i))

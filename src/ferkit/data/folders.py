@@ -116,18 +116,32 @@ def _known_names_text() -> str:
     return ", ".join(f"{c} ({'/'.join(s)})" if s else c for c, s in by_class.items())
 
 
-def _walk_files(top: str):
-    """Yield (path, DirEntry) of every visible file under ``top``, sorted, skipping hidden and __MACOSX folders."""
+def _walk_files(top: str, _seen: set | None = None):
+    """Yield (path, DirEntry) of every visible file under ``top``, sorted, skipping hidden and __MACOSX folders.
+    A symbolic link to a folder above it is not followed, and a folder reached twice is walked once."""
+    seen = set() if _seen is None else _seen
     try:
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:
+            return
+        seen.add((st.st_dev, st.st_ino))
         entries = sorted(os.scandir(top), key=lambda e: e.name)
     except OSError as e:
         raise FerkitError(f"cannot list folder {top}: {e.strerror or e}") from None
     for e in entries:
         if e.name.startswith(".") or e.name == "__MACOSX":
             continue
-        if e.is_dir():
-            yield from _walk_files(e.path)
-        elif e.is_file():
+        try:
+            is_dir, is_file = e.is_dir(), e.is_file()
+        except OSError as err:
+            raise FerkitError(f"cannot read {e.path}: {err.strerror or err}") from None
+        if is_dir:
+            if e.is_symlink():  # a link back up to a folder being walked would list its images again
+                target, here = os.path.realpath(e.path), os.path.realpath(top)
+                if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+                    continue
+            yield from _walk_files(e.path, seen)
+        elif is_file:
             yield e.path, e
 
 
@@ -142,7 +156,8 @@ def _scan_class_folders(parent: Path, root: Path, class_map: dict[str, str], whe
         raise FerkitError(
             f"unknown class folder(s) {', '.join(repr(u) for u in unknown)} in {where}; folders found: "
             f"{', '.join(d.name for d in dirs)}. Class folders must be emotion names: {_known_names_text()} "
-            "(or pass class_map). If the images sit one level deeper, point --data at that folder."
+            "(from Python, prepare_splits(..., class_map={'1': 'surprise', ...}) maps other names). If the images "
+            "sit one level deeper, point --data at that folder."
         )
     items: list[tuple[str, int, int, int]] = []
     ignored: list[str] = []
