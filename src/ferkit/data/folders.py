@@ -13,9 +13,10 @@ sad/sadness, surprise/surprised, fear/fearful, disgust/disgusted, neutral, conte
 folder is an error that lists the folders found. ``class_map`` adds names of your own (e.g. RAF-DB's
 numbered folders).
 
-Each image is taken to be a face crop: it is decoded by :func:`ferkit.io.decode_image`, as the inference path
-decodes photos (BGR, EXIF orientation applied, transparency over white, 16-bit scaled), converted with :func:`ferkit.preprocess.to_gray` and resized to 48x48
-(area interpolation when shrinking, linear when enlarging, the same rule as ``prepare_faces``).
+Each image is taken to be a face crop: it is decoded by :func:`ferkit.io.decode_image`, as the inference
+path decodes photos (BGR, EXIF orientation applied, transparency over white, 16-bit scaled), converted
+with :func:`ferkit.preprocess.to_gray` and resized to 48x48 (area interpolation when shrinking, linear when
+enlarging, the same rule as ``prepare_faces``).
 An image that cannot be decoded is an error naming the file, unless ``skip_bad`` is set; then it is
 skipped and listed in ``FolderData.bad``. Files that are not images (by extension) are listed in
 ``FolderData.ignored``. Decoded arrays are cached like the CSV (key: the relative paths, classes, splits and
