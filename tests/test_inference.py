@@ -518,6 +518,8 @@ def test_analyzer_refuses_bad_detection_settings(model_path):
             pipeline.Analyzer(str(model_path), detector=SquareDetector(), **kw)
     a = pipeline.Analyzer(str(model_path), detector=SquareDetector(), pad=0.25, max_side=640)
     assert (a.pad, a.max_side) == (0.25, 640)
+    with pytest.raises(FerkitError, match="pad is a border"):  # the one check, in detection itself
+        detect_faces(scene(), SquareDetector(), pad=-0.5)
 
 
 def test_probability_panels_never_cover_another_face():

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from .errors import FerkitError
-from .faces import DEFAULT_MAX_SIDE, Detection, as_bgr, as_gray, detect_faces, get_detector
+from .faces import DEFAULT_MAX_SIDE, Detection, as_bgr, as_gray, check_pad, detect_faces, get_detector
 from .faces.align import CropSpec, crop_faces
 from .labels import EMOTION_COLORS_BGR
 
@@ -167,14 +167,7 @@ class Analyzer:
                                      or max_side < 64):
             raise FerkitError(f"max_side must be a whole number of pixels >= 64, or None for no limit; got {max_side!r}")
         self.max_side = max_side
-        if pad is not None:
-            try:
-                pad = float(pad)
-            except (TypeError, ValueError):
-                pad = float("nan")
-            if not 0.0 <= pad <= 1.0:
-                raise FerkitError(f"pad is a border of 0..1 times the image's longer side, got {pad!r}")
-        self.pad = pad
+        self.pad = None if pad is None else check_pad(pad)  # refused here, not at the first image
         self.labels: tuple[str, ...] = tuple(self.classifier.labels)
 
     @property

@@ -37,6 +37,7 @@ __all__ = [
     "available_detectors",
     "get_detector",
     "detect_faces",
+    "check_pad",
     "register_detector",
     "default_detector_name",
 ]
@@ -219,6 +220,17 @@ DEFAULT_MAX_SIDE = 960
 DEFAULT_MIN_SIDE = 160
 
 
+def check_pad(value) -> float:
+    """A detection border (``detect_faces(pad=)``) as a float in 0..1, or a one-line FerkitError."""
+    try:
+        pad = float(value)
+    except (TypeError, ValueError):
+        pad = float("nan")
+    if not 0.0 <= pad <= 1.0:
+        raise FerkitError(f"pad is a border of 0..1 times the image's longer side (e.g. 0.25), got {value!r}")
+    return pad
+
+
 def detect_faces(
     image: np.ndarray,
     detector: str | FaceDetector = "auto",
@@ -259,8 +271,7 @@ def detect_faces(
     if getattr(det, "whole_image", False):  # the image is the face: no scaling, nothing to map back
         h, w = image.shape[:2]
         return [] if min(h, w) < max(1, min_size) else det.detect(image, confidence)
-    if pad is None:
-        pad = float(getattr(det, "default_pad", 0.0))
+    pad = float(getattr(det, "default_pad", 0.0)) if pad is None else check_pad(pad)
     wants = getattr(det, "wants", "bgr")
     work = as_gray(image) if wants == "gray" else as_bgr(image)
     h, w = work.shape[:2]

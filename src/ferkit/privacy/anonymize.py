@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 from ..errors import FerkitError
-from ..faces import Detection, detect_faces, get_detector, iou
+from ..faces import Detection, check_pad, detect_faces, get_detector, iou
 from ..io import IMAGE_WRITE_EXTS, write_image
 from .obfuscate import (DEFAULT_STRENGTH, METHODS, MIN_CELL, MIN_SIGMA, check_method, obfuscate_region,
                         strength_for_region)
@@ -239,15 +239,7 @@ def _check_pads(pad, detector_name: str, detector) -> tuple[float, ...]:
     if pad is None:
         return tuple(ANONYMIZE_PADS.get(detector_name, (float(getattr(detector, "default_pad", 0.0)),)))
     values = [pad] if isinstance(pad, (int, float)) else list(pad)
-    out = []
-    for v in values:
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = float("nan")
-        if not 0.0 <= f <= 1.0:
-            raise FerkitError(f"pad is a fraction of the image's longer side (0..1, e.g. 0.25), got {v!r}")
-        out.append(f)
+    out = [check_pad(v) for v in values]
     if not out:
         raise FerkitError("pad needs at least one value (e.g. 0 or 0,0.25)")
     return tuple(dict.fromkeys(out))
