@@ -148,6 +148,7 @@ class Plan:
     errors: list  # (spec, message) for the parts that name nothing
     skipped: int  # files that are neither images nor videos, or lie inside --save
     inside_save: list  # the image and video files found inside --save (a folder inside a source folder)
+    save_in_source: bool = False  # --save lies inside a source folder: a later run lists its outputs as sources
 
 
 def plan(specs, save, recursive: bool = True) -> Plan:
@@ -162,7 +163,7 @@ def plan(specs, save, recursive: bool = True) -> Plan:
     from ..io import expand_sources
 
     save_r = Path(save).resolve() if save is not None else None
-    items, errors, skipped, inside = [], [], 0, []
+    items, errors, skipped, inside, in_source = [], [], 0, [], False
     for spec in specs:
         s = os.fspath(spec)
         p = Path(s)
@@ -183,6 +184,8 @@ def plan(specs, save, recursive: bool = True) -> Plan:
             root = p.parent
         else:
             root = _glob_root(s)
+        if save_r is not None and not p.is_file() and _inside(save_r, root.resolve()):
+            in_source = True
         for src in exp.sources:
             if src.kind == "camera":
                 items.append((src, None))
@@ -197,40 +200,7 @@ def plan(specs, save, recursive: bool = True) -> Plan:
             except ValueError:
                 rel = Path(sp.name)
             items.append((src, rel))
-    return Plan(items, errors, skipped, inside)
-
-
-def check_inside_save(save, inside) -> None:
-    """Refuse a --save folder inside a source folder that already holds images or videos ferkit did not
-    write there (they are originals: they would be neither anonymised nor safe from being overwritten)."""
-    from pathlib import Path
-
-    from ..errors import FerkitError
-
-    if not inside:
-        return
-    save_r = Path(save).resolve()
-    written = set(_read_manifest(save_r))
-    foreign = [p for p in inside if p.relative_to(save_r).as_posix() not in written]
-    if foreign:
-        raise FerkitError(
-            f"--save {save} lies inside a source folder and already holds {len(foreign)} image/video file(s) "
-            f"that ferkit anonymize did not write there (e.g. {foreign[0].relative_to(save_r)}): they would be "
-            "neither anonymised nor safe from being overwritten; choose an empty folder or one outside the sources")
-
-
-def _save_in_source(specs, save) -> bool:
-    """True when ``save`` lies inside a source folder (a later run would find the outputs among the sources)."""
-    import os
-    from pathlib import Path
-
-    save_r = Path(save).resolve()
-    for spec in specs:
-        p = Path(os.fspath(spec))
-        root = p if p.is_dir() else None if p.exists() else _glob_root(os.fspath(spec))
-        if root is not None and _inside(save_r, root.resolve()):
-            return True
-    return False
+    return Plan(items, errors, skipped, inside, in_source)
 
 
 def _read_manifest(folder) -> list[str]:
@@ -241,13 +211,27 @@ def _read_manifest(folder) -> list[str]:
 
 
 class _Manifest:
-    """Records each output written into a --save folder that lies inside a source folder (see MANIFEST)."""
+    """The outputs ferkit wrote into a --save folder (see MANIFEST): read once; ``add`` records a new one."""
 
     def __init__(self, save):
         from pathlib import Path
 
+        self.save = save
         self.folder = Path(save).resolve()
         self.listed = set(_read_manifest(self.folder))
+
+    def refuse_foreign(self, inside) -> None:
+        """Refuse a --save folder inside a source folder that already holds images or videos ferkit did not
+        write there (they are originals: they would be neither anonymised nor safe from being overwritten)."""
+        from ..errors import FerkitError
+
+        foreign = [p for p in inside if p.relative_to(self.folder).as_posix() not in self.listed]
+        if foreign:
+            raise FerkitError(
+                f"--save {self.save} lies inside a source folder and already holds {len(foreign)} image/video "
+                f"file(s) that ferkit anonymize did not write there (e.g. {foreign[0].relative_to(self.folder)}): "
+                "they would be neither anonymised nor safe from being overwritten; choose an empty folder or one "
+                "outside the sources")
 
     def add(self, dest) -> None:
         from pathlib import Path
@@ -303,9 +287,11 @@ def run(args) -> int:
     save = None if args.dry_run else args.save
     planned = plan(args.sources, save, recursive=args.recursive)
     items, errors, skipped = planned.items, planned.errors, planned.skipped
+    manifest = None
     if save is not None:
-        check_inside_save(save, planned.inside_save)
-    manifest = _Manifest(save) if save is not None and _save_in_source(args.sources, save) else None
+        known = _Manifest(save)
+        known.refuse_foreign(planned.inside_save)
+        manifest = known if planned.save_in_source else None  # outputs are recorded where a rerun meets them
     failed = 0
     for _, msg in errors:
         print(f"ferkit: error: {msg}", file=sys.stderr)
